@@ -1,0 +1,130 @@
+"""The lake: one directory of Lance datasets (`videos`, `clips`, `failures`, `tiers/<name>`), each a
+versioned, ACID, append-friendly table that DuckDB queries and the trainer reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+os.environ.setdefault("RUST_LOG", "error")  # Lance logs a warning flood otherwise
+
+import lance  # noqa: E402
+
+from curation.schema import FAILURES_SCHEMA  # noqa: E402
+
+CORE_TABLES = ("videos", "clips", "failures")
+PRODUCERS_KEY = "videocurate.producers"
+
+
+class Lake:
+    """A lake directory. Tables are created on first write; reads of a missing table return None."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.path.abspath(os.fspath(root))
+        os.makedirs(self.root, exist_ok=True)
+
+    def path(self, table: str) -> str:
+        return os.path.join(self.root, f"{table}.lance")
+
+    def exists(self, table: str) -> bool:
+        return os.path.isdir(os.path.join(self.path(table), "_versions"))
+
+    def dataset(self, table: str) -> lance.LanceDataset | None:
+        return lance.dataset(self.path(table)) if self.exists(table) else None
+
+    def tables(self) -> list[str]:
+        """Every table in the lake, including nested ones such as `tiers/256p`."""
+        found = []
+        for dirpath, dirnames, _ in os.walk(self.root):
+            for d in list(dirnames):
+                if d.endswith(".lance"):
+                    rel = os.path.relpath(os.path.join(dirpath, d), self.root)
+                    found.append(rel[: -len(".lance")].replace(os.sep, "/"))
+                    dirnames.remove(d)
+        return sorted(found)
+
+    def count(self, table: str, where: str | None = None) -> int:
+        ds = self.dataset(table)
+        return 0 if ds is None else ds.count_rows(filter=where)
+
+    # ---- writes ----------------------------------------------------------------------------------
+    def append(self, table: str, data: pa.Table) -> None:
+        """Append rows, creating the table if needed. New columns in `data` are added to the table
+        (null for old rows); columns missing from `data` are filled with nulls."""
+        if data.num_rows == 0 and self.exists(table):
+            return
+        ds = self.dataset(table)
+        if ds is None:
+            os.makedirs(os.path.dirname(self.path(table)), exist_ok=True)
+            lance.write_dataset(data, self.path(table), mode="create")
+            return
+        data = self._conform(ds, data)
+        lance.write_dataset(data, self.path(table), mode="append")
+
+    def _conform(self, ds: lance.LanceDataset, data: pa.Table) -> pa.Table:
+        have = ds.schema
+        new = [f for f in data.schema if have.get_field_index(f.name) < 0]
+        if new:
+            ds.add_columns(new)
+            have = lance.dataset(self.path_of(ds)).schema
+        cols = []
+        for f in have:
+            if data.schema.get_field_index(f.name) >= 0:
+                cols.append(data.column(f.name).cast(f.type))
+            else:
+                cols.append(pa.nulls(data.num_rows, f.type))
+        return pa.Table.from_arrays(cols, schema=pa.schema([pa.field(f.name, f.type) for f in have]))
+
+    @staticmethod
+    def path_of(ds: lance.LanceDataset) -> str:
+        return ds.uri
+
+    def overwrite(self, table: str, data: pa.Table) -> None:
+        os.makedirs(os.path.dirname(self.path(table)), exist_ok=True)
+        lance.write_dataset(data, self.path(table), mode="overwrite")
+
+    def delete(self, table: str, where: str) -> None:
+        ds = self.dataset(table)
+        if ds is not None:
+            ds.delete(where)
+
+    def merge_columns(self, table: str, data: pa.Table, on: str) -> None:
+        """Set columns of existing rows from `data`, matched on key `on` (new columns are added)."""
+        ds = self.dataset(table)
+        if ds is None or data.num_rows == 0:
+            return
+        new = [f for f in data.schema if ds.schema.get_field_index(f.name) < 0]
+        if new:
+            ds.add_columns(new)
+            ds = self.dataset(table)
+        ds.merge_insert(on).when_matched_update_all().execute(data)
+
+    def scan(self, table: str, columns: list[str] | None = None, where: str | None = None,
+             batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+        """Stream a table in batches (never materialises the whole table)."""
+        ds = self.dataset(table)
+        if ds is None:
+            return iter(())
+        return ds.to_batches(columns=columns, filter=where, batch_size=batch_size)
+
+    # ---- provenance ------------------------------------------------------------------------------
+    def producers(self, table: str = "clips") -> dict[str, dict]:
+        """column name → {stage, version, params} of the stage that produced it."""
+        ds = self.dataset(table)
+        if ds is None:
+            return {}
+        raw = (ds.schema.metadata or {}).get(PRODUCERS_KEY.encode())
+        return json.loads(raw) if raw else {}
+
+    def record_producers(self, table: str, producers: dict[str, dict]) -> None:
+        ds = self.dataset(table)
+        if ds is None or not producers:
+            return
+        merged = {**self.producers(table), **producers}
+        ds.update_schema_metadata({PRODUCERS_KEY: json.dumps(merged, sort_keys=True, default=str)})
+
+    def empty_failures(self) -> pa.Table:
+        return FAILURES_SCHEMA.empty_table()

@@ -1,0 +1,273 @@
+"""Video probe and decode: one interface over decord (fast path) and PyAV (fallback, and anything
+decord cannot open). Frames come out RGB uint8, in display orientation, at the size asked for."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Literal
+
+import numpy as np
+
+from curation.errors import VideoError
+
+Backend = Literal["auto", "decord", "pyav"]
+Size = tuple[int, int]  # (width, height) in display orientation
+
+# Containers FFmpeg opens but that hold a still image, not a video.
+_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe", "mjpeg")
+_IMAGE_CODECS = ("png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpeg2000")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What probing a file tells, before any full decode. `width`/`height` are display dimensions
+    (after rotation); `frame_count` is the container's count or an estimate from duration x fps."""
+
+    path: str
+    size_bytes: int
+    container: str
+    codec: str
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    duration_s: float
+    rotation: int  # degrees clockwise applied at display: 0, 90, 180 or 270
+    has_audio: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_file(path: str) -> int:
+    if not os.path.exists(path):
+        raise VideoError(f"no such file: {path}", kind="not_found")
+    if not os.path.isfile(path):
+        raise VideoError(f"not a regular file: {path}", kind="not_a_file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise VideoError(f"empty file (0 bytes): {path}", kind="empty_file")
+    return size
+
+
+def _open_container(path: str):
+    import av
+
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except av.error.InvalidDataError as exc:
+        raise VideoError(f"not a video FFmpeg can read ({exc.strerror or exc}): {path}", kind="not_a_video") from exc
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"cannot open ({exc.strerror or exc}): {path}", kind="unreadable") from exc
+
+
+def _rotation_of(frame) -> int:
+    """Clockwise display rotation from FFmpeg's display matrix (which states it counter-clockwise)."""
+    return int(round(-float(getattr(frame, "rotation", 0) or 0))) % 360
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read container metadata and decode the first frame (proving the stream is decodable)."""
+    import av
+
+    path = os.fspath(path)
+    size = _check_file(path)
+    with _open_container(path) as container:
+        if not container.streams.video:
+            kind = "audio_only" if container.streams.audio else "no_video_stream"
+            raise VideoError(f"no video stream ({len(container.streams.audio)} audio): {path}", kind=kind)
+        stream = container.streams.video[0]
+        fmt = container.format.name
+        codec = stream.codec_context.name
+        if fmt.split(",")[0] in _IMAGE_FORMATS and codec in _IMAGE_CODECS:
+            raise VideoError(f"a still image ({fmt}/{codec}), not a video: {path}", kind="not_a_video")
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as exc:
+            raise VideoError(f"first frame does not decode ({exc}): {path}", kind="decode_error") from exc
+        if first is None:
+            raise VideoError(f"video stream has no decodable frame: {path}", kind="decode_error")
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if not fps or not np.isfinite(fps) or fps > 1000:
+            raise VideoError(f"no usable frame rate ({rate}): {path}", kind="unreadable")
+        duration = _duration_s(container, stream)
+        frames = int(stream.frames or 0) or int(round(duration * fps))
+        rotation = _rotation_of(first)
+        w, h = first.width, first.height
+        if rotation in (90, 270):
+            w, h = h, w
+        return VideoInfo(
+            path=path, size_bytes=size, container=fmt, codec=codec, width=w, height=h, fps=fps,
+            frame_count=frames, duration_s=duration, rotation=rotation,
+            has_audio=bool(container.streams.audio),
+        )
+
+
+def _duration_s(container, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return 0.0
+
+
+def fit_size(width: int, height: int, target_width: int | None = None, max_side: int | None = None) -> Size:
+    """An even-sized (w, h) with the same aspect: scaled to `target_width`, or so the longer side is at
+    most `max_side`. Never upscales."""
+    scale = 1.0
+    if target_width:
+        scale = min(1.0, target_width / width)
+    if max_side:
+        scale = min(scale, max_side / max(width, height))
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def _stored(size: Size | None, rotation: int) -> Size | None:
+    if size is None or rotation not in (90, 270):
+        return size
+    return size[1], size[0]
+
+
+def _orient(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate decoded frames (..., H, W, C) clockwise into display orientation."""
+    if rotation == 0:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(-3, -2)))
+
+
+class VideoReader:
+    """Decode one file. `iter_frames` streams every frame with bounded memory; `read` fetches a list of
+    frame indices. `backend='auto'` uses decord and falls back to PyAV where decord cannot open the
+    file; a decord failure mid-stream falls back to PyAV from the frame where it stopped."""
+
+    def __init__(self, path: str | os.PathLike, backend: Backend = "auto", info: VideoInfo | None = None):
+        self.path = os.fspath(path)
+        self.info = info or probe(self.path)
+        self.backend = backend
+        self._decord = None
+        if backend in ("auto", "decord"):
+            self._decord = self._open_decord(required=backend == "decord")
+
+    def _open_decord(self, required: bool):
+        try:
+            import decord
+
+            decord.bridge.set_bridge("native")
+            return decord
+        except ImportError:
+            if required:
+                raise
+            return None
+
+    # ---- streaming -------------------------------------------------------------------------------
+    def iter_frames(self, size: Size | None = None, chunk: int = 32) -> Iterator[np.ndarray]:
+        """Every frame in order, RGB uint8 (H, W, 3), at `size` (display w, h) or native size."""
+        done = 0
+        if self._decord is not None:
+            try:
+                for frame in self._iter_decord(size, chunk):
+                    yield frame
+                    done += 1
+                return
+            except VideoError:
+                raise
+            except Exception:
+                if self.backend == "decord":
+                    raise
+        yield from self._iter_pyav(size, skip=done)
+
+    def _decord_reader(self, size: Size | None):
+        stored = _stored(size, self.info.rotation)
+        kwargs = {"width": stored[0], "height": stored[1]} if stored else {}
+        return self._decord.VideoReader(self.path, ctx=self._decord.cpu(0), num_threads=0, **kwargs)
+
+    def _iter_decord(self, size: Size | None, chunk: int) -> Iterator[np.ndarray]:
+        vr = self._decord_reader(size)
+        n = len(vr)
+        for start in range(0, n, chunk):
+            batch = vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
+            yield from _orient(batch, self.info.rotation)
+
+    def _iter_pyav(self, size: Size | None, skip: int = 0) -> Iterator[np.ndarray]:
+        import av
+
+        stored = _stored(size, self.info.rotation)
+        kwargs = {"width": stored[0], "height": stored[1]} if stored else {}
+        with _open_container(self.path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            index = 0
+            try:
+                for frame in container.decode(stream):
+                    if index >= skip:
+                        yield _orient(frame.to_ndarray(format="rgb24", **kwargs), self.info.rotation)
+                    index += 1
+            except av.error.FFmpegError as exc:
+                if index == 0:
+                    raise VideoError(f"decode failed at frame 0 ({exc}): {self.path}", kind="decode_error") from exc
+                # A truncated tail: keep the frames that decoded, as players do.
+
+    # ---- random access ---------------------------------------------------------------------------
+    def read(self, indices: Sequence[int], size: Size | None = None) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as (N, H, W, 3) RGB uint8."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            w, h = size or (self.info.width, self.info.height)
+            return np.zeros((0, h, w, 3), np.uint8)
+        if self._decord is not None:
+            try:
+                vr = self._decord_reader(size)
+                n = len(vr)
+                safe = [min(max(i, 0), n - 1) for i in indices]
+                return _orient(vr.get_batch(safe).asnumpy(), self.info.rotation)
+            except Exception:
+                if self.backend == "decord":
+                    raise
+        return self._read_pyav(indices, size)
+
+    def _read_pyav(self, indices: list[int], size: Size | None) -> np.ndarray:
+        """Decode forward, seeking only across long gaps; frame index = position in decode order."""
+        import av
+
+        wanted = sorted(set(indices))
+        stored = _stored(size, self.info.rotation)
+        kwargs = {"width": stored[0], "height": stored[1]} if stored else {}
+        got: dict[int, np.ndarray] = {}
+        with _open_container(self.path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = Fraction(self.info.fps).limit_denominator(100000)
+            start_pts = stream.start_time or 0
+            pos = -1  # index of the last decoded frame
+            frames = container.decode(stream)
+            for target in wanted:
+                if target - pos > 250 and stream.time_base:
+                    ts = start_pts + int((Fraction(target) / fps) / stream.time_base)
+                    container.seek(max(ts - 1, start_pts), stream=stream, backward=True)
+                    frames = container.decode(stream)
+                    pos = None
+                try:
+                    for frame in frames:
+                        if pos is None:  # after a seek, recover the index from the timestamp
+                            t = float((frame.pts - start_pts) * stream.time_base) if frame.pts is not None else 0.0
+                            pos = int(round(t * float(fps)))
+                        else:
+                            pos += 1
+                        if pos >= target:
+                            got[target] = frame.to_ndarray(format="rgb24", **kwargs)
+                            break
+                except av.error.FFmpegError:
+                    break
+                if target not in got:
+                    break
+        if not got:
+            raise VideoError(f"none of the requested frames decode: {self.path}", kind="decode_error")
+        last = got[max(got)]
+        out = np.stack([got.get(i, got.get(min(got, key=lambda k: abs(k - i)), last)) for i in indices])
+        return _orient(out, self.info.rotation)
