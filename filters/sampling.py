@@ -1,0 +1,174 @@
+"""The shared frame sampler and `ScoreGroup`: each clip's frames are decoded once (K evenly spaced
+samples, plus the next frame of each when a scorer needs optical flow), at the largest size any scorer
+asked for, opening each video once per batch; every scorer of the group then reads that one decode."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from curation.errors import ConfigError, VideoError
+from curation.schema import FAILURE_ITEM
+from curation.stage import ClipStage, Resources, append_columns, failure, field_meta
+from curation.video import VideoInfo, VideoReader, fit_size
+from filters.base import ClipFrames, FrameRequest, Scorer, even_positions, merge_requests
+
+
+def sample_indices(start: int, end: int, k: int, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """`k` evenly spaced frame numbers in [start, end) and, with `pairs`, the frame after each (so the
+    samples are drawn from [start, end - 1) and every next frame stays inside the clip)."""
+    n = int(end) - int(start)
+    if n <= 0:
+        raise VideoError(f"empty clip span [{start}, {end})", kind="too_short")
+    span = n - 1 if pairs and n >= 2 else n
+    idx = int(start) + even_positions(span, k)
+    if not pairs:
+        return idx, None
+    return idx, np.minimum(idx + 1, int(end) - 1)
+
+
+def _path(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def _info_from_row(row: dict) -> VideoInfo | None:
+    """The probe result the row already carries (saves a second probe of the file), if complete."""
+    need = ("width", "height", "fps", "frame_count")
+    if any(row.get(k) is None for k in need):
+        return None
+    return VideoInfo(path=_path(row["uri"]), size_bytes=int(row.get("size_bytes") or 0),
+                     container=row.get("container") or "", codec=row.get("codec") or "",
+                     width=int(row["width"]), height=int(row["height"]), fps=float(row["fps"]),
+                     frame_count=int(row["frame_count"]), duration_s=float(row.get("duration_s") or 0.0),
+                     rotation=int(row.get("rotation") or 0), has_audio=bool(row.get("has_audio")))
+
+
+def decode_clips(rows: Sequence[dict], request: FrameRequest) -> list[ClipFrames | BaseException]:
+    """Decode the sampled frames of every clip row; rows of one video share one open and one read."""
+    out: list[ClipFrames | BaseException] = [VideoError("not decoded")] * len(rows)
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_video[row["uri"]].append(i)
+    for uri, members in by_video.items():
+        try:
+            reader = VideoReader(_path(uri), info=_info_from_row(rows[members[0]]))
+        except Exception as exc:  # noqa: BLE001 - the whole video's clips fail with the same error
+            for i in members:
+                out[i] = exc
+            continue
+        plans: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for i in members:
+            try:
+                plans[i] = sample_indices(rows[i]["start_frame"], rows[i]["end_frame"], request.frames,
+                                          request.pairs)
+            except Exception as exc:  # noqa: BLE001 - recorded on that clip only
+                out[i] = exc
+        if not plans:
+            continue
+        info = reader.info
+        size = None if request.max_side is None else fit_size(info.width, info.height, max_side=request.max_side)
+        wanted = sorted({int(f) for idx, nxt in plans.values() for f in (*idx, *(() if nxt is None else nxt))})
+        try:
+            decoded = reader.read(wanted, size)
+        except Exception as exc:  # noqa: BLE001
+            for i in plans:
+                out[i] = exc
+            continue
+        where = {f: j for j, f in enumerate(wanted)}
+        for i, (idx, nxt) in plans.items():
+            out[i] = ClipFrames(
+                frames=decoded[[where[int(f)] for f in idx]], indices=idx, fps=info.fps,
+                width=info.width, height=info.height,
+                next_frames=None if nxt is None else decoded[[where[int(f)] for f in nxt]],
+                clip_id=rows[i].get("clip_id"), uri=uri)
+    return out
+
+
+def annotated_fields(scorer: Scorer) -> list[pa.Field]:
+    """The scorer's output fields, each carrying its provenance (stage, version, params)."""
+    meta = field_meta(scorer)
+    return [f.with_metadata({**(f.metadata or {}), **meta}) for f in scorer.output_fields()]
+
+
+def _to_arrow_value(value):
+    # NumPy values become plain Python so pa.array can build the declared (e.g. fixed-size list) type.
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def run_scorers(batch: pa.Table, scorers: Sequence[Scorer], group_name: str,
+                timings: dict[str, float] | None = None) -> pa.Table:
+    """Score every clip row of `batch` with `scorers` on one decode per clip. A decode failure fails
+    the clip for all scorers (a `failures` item from `group_name`); a scorer raising fails only its own
+    columns of that clip (a `failures` item named after the scorer). Rows without a clip pass through."""
+    timings = timings if timings is not None else {}
+    rows = batch.to_pylist()
+    live = [i for i, r in enumerate(rows) if r.get("clip_id") is not None]
+    outs: list[dict] = [{} for _ in rows]
+    fails: list[list[dict]] = [list(r.get("failures") or []) for r in rows]
+    t0 = time.perf_counter()
+    clips = decode_clips([rows[i] for i in live], merge_requests([s.request() for s in scorers]))
+    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
+    for i, clip in zip(live, clips):
+        if isinstance(clip, BaseException):
+            fails[i].append(failure(group_name, clip))
+            continue
+        for scorer in scorers:
+            t0 = time.perf_counter()
+            try:
+                values = scorer.score(clip.subset(scorer.request().frames))
+                outs[i].update({k: _to_arrow_value(v) for k, v in values.items()})
+            except Exception as exc:  # noqa: BLE001 - recorded on the row, other scorers still run
+                fails[i].append(failure(scorer.name, exc))
+            timings[scorer.name] = timings.get(scorer.name, 0.0) + time.perf_counter() - t0
+    failures = pa.array(fails, pa.list_(FAILURE_ITEM))
+    idx = batch.schema.get_field_index("failures")
+    batch = batch.set_column(idx, "failures", failures) if idx >= 0 else batch.append_column("failures", failures)
+    return append_columns(batch, [f for s in scorers for f in annotated_fields(s)], outs)
+
+
+class ScoreGroup(ClipStage):
+    """Several scorers run in-process on one decode per clip (the runner fuses consecutive scorer
+    stages of a pipeline into one group). Adds the union of the scorers' columns."""
+
+    name = "score"
+    version = "1"
+    stateful = True
+
+    def __init__(self, scorers: Sequence[Scorer], resources: Resources | None = None):
+        super().__init__(None, resources)
+        self.scorers = list(scorers)
+        if resources is None and self.scorers:  # a worker must hold what its hungriest scorer needs
+            self.resources = Resources(num_cpus=max(s.resources.num_cpus for s in self.scorers),
+                                       num_gpus=max(s.resources.num_gpus for s in self.scorers))
+        seen: dict[str, str] = {}
+        for s in self.scorers:
+            for f in s.output_fields():
+                if f.name in seen:
+                    raise ConfigError(f"scorers '{seen[f.name]}' and '{s.name}' both write column '{f.name}'")
+                seen[f.name] = s.name
+        self.timings: dict[str, float] = {}  # seconds spent per scorer and in "decode", summed over calls
+
+    def setup(self) -> None:
+        for s in self.scorers:
+            s.ensure_setup()
+
+    def output_fields(self) -> list[pa.Field]:
+        return [f for s in self.scorers for f in annotated_fields(s)]
+
+    def provenance(self) -> dict:
+        return {"stage": self.name, "version": self.version, "scorers": [s.provenance() for s in self.scorers]}
+
+    def with_(self, **overrides) -> ScoreGroup:
+        raise ConfigError("a ScoreGroup has no parameters of its own; configure its scorers")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.ensure_setup()
+        return run_scorers(batch, self.scorers, self.name, self.timings)
