@@ -1,0 +1,395 @@
+"""Near-duplicate clips by embedding: a global step over the committed `clips` table that joins clips whose
+cosine similarity reaches a threshold into groups, keeps the best clip of each group and marks the rest.
+
+Columns written to `clips` (rows with a null embedding are left null):
+  dup_group     string  clip_id of the group's kept clip; a clip with no duplicate is its own group, so
+                        `dup_group = clip_id`. Non-null means "already checked": the incremental test.
+  is_duplicate  bool    false for the kept clip (and singletons), true for the others.
+  dup_of        string  clip_id of the kept clip for duplicates, null for kept clips.
+
+Candidates come from exact brute force in NumPy blocks for small tables and from a Lance IVF_FLAT index
+(batched k-NN queries) above `exact_max_rows`; either way the final decision is an exact cosine on the
+float32 vectors. Groups are the connected components of the duplicate graph (what union-find computes),
+so running incrementally gives the same groups as one run over everything."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from curation.errors import ConfigError
+from curation.lake import Lake
+
+TABLE = "clips"
+KEY = "clip_id"
+OUTPUT_COLUMNS = ("dup_group", "is_duplicate", "dup_of")
+OUTPUT_FIELDS = [pa.field("dup_group", pa.string()), pa.field("is_duplicate", pa.bool_()),
+                 pa.field("dup_of", pa.string())]
+METHODS = ("auto", "exact", "index")
+# Params that change the answer: results recorded under other values are recomputed from scratch.
+SEMANTIC_PARAMS = ("column", "threshold", "keep_by")
+
+
+@dataclass
+class DedupParams:
+    """Settings of the dedup step (defaults in brackets)."""
+
+    column: str = "embedding"  # the fixed_size_list<float32>[d] embedding column
+    threshold: float = 0.95  # cosine similarity at or above which two clips are duplicates
+    # Which clip of a group is kept: "<column> asc|desc" in priority order; "resolution" = width*height.
+    # Missing columns are skipped, nulls sort last, clip_id ascending breaks the remaining ties.
+    keep_by: tuple[str, ...] = ("resolution desc", "clarity desc", "aesthetic desc")
+    method: str = "auto"  # auto | exact (NumPy brute force) | index (Lance vector index)
+    # auto: brute force when at most this many clips have embeddings (measured crossover, RESULTS_dedup.md)
+    exact_max_rows: int = 20_000
+    k: int = 16  # neighbours asked of the index per clip; bigger groups still join through chains
+    nprobes: int = 8  # IVF partitions searched per query
+    num_partitions: int | None = None  # IVF partitions when the step builds the index; None: ~sqrt(n)
+    index_type: str = "IVF_FLAT"  # Lance index type built when none exists on the column
+    query_batch: int = 4096  # clips per batched index query / brute-force query block
+    block_rows: int = 16384  # rows per streamed block of the table
+    full: bool = False  # recompute every clip, ignoring earlier results
+
+    def __post_init__(self) -> None:
+        self.keep_by = tuple(self.keep_by)
+        if self.method not in METHODS:
+            raise ConfigError(f"stage 'dedup': method must be one of {METHODS}, got {self.method!r}")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"stage 'dedup': threshold is a cosine similarity in [-1, 1], "
+                              f"got {self.threshold}")
+        for spec in self.keep_by:
+            parse_key(spec)
+
+
+@dataclass
+class Candidates:
+    """Pairs (a, b) of table positions with their exact cosine similarity."""
+
+    a: list[np.ndarray] = field(default_factory=list)
+    b: list[np.ndarray] = field(default_factory=list)
+    sim: list[np.ndarray] = field(default_factory=list)
+    scored: int = 0  # candidate pairs looked at before the threshold
+
+    def add(self, a: np.ndarray, b: np.ndarray, sim: np.ndarray) -> None:
+        self.a.append(a.astype(np.int64))
+        self.b.append(b.astype(np.int64))
+        self.sim.append(sim.astype(np.float32))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.a:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.concatenate(self.a), np.concatenate(self.b), np.concatenate(self.sim)
+
+
+class DedupStep:
+    """Global step `dedup`: marks near-duplicate clips in the lake's `clips` table. Usable from the runner
+    (between streaming segments) and from Python: `DedupStep({"threshold": 0.97}).run(Lake(root))`."""
+
+    name: ClassVar[str] = "dedup"
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type] = DedupParams
+
+    def __init__(self, params: dict | DedupParams | None = None):
+        self.params = params if isinstance(params, DedupParams) else build_params(params or {})
+
+    def provenance(self) -> dict:
+        p = dataclasses.asdict(self.params)
+        return {"stage": self.name, "version": self.version,
+                "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()
+                           if k in SEMANTIC_PARAMS}}
+
+    def run(self, lake: Lake) -> dict:
+        t0 = time.perf_counter()
+        p = self.params
+        ds = lake.dataset(TABLE)
+        dim = check_table(ds, p.column, self.name)
+        full = p.full or self._stale(lake)
+        meta = load_meta(ds, p, full)
+        n = len(meta["rowid"])
+        is_new = meta["is_new"]
+        m = int(is_new.sum())
+        summary = {"step": self.name, "clips": n, "checked": m, "method": None, "candidate_pairs": 0,
+                   "pairs": 0, "groups": 0, "duplicates": 0, "rows_written": 0}
+        if m == 0:
+            summary["seconds"] = round(time.perf_counter() - t0, 3)
+            return summary
+        method = p.method if p.method != "auto" else ("exact" if n <= p.exact_max_rows else "index")
+        new_filter = embedding_filter(p.column, ds, only_new=not full)
+        if method == "exact":
+            cands = exact_pairs(ds, p, new_filter, meta["rowid"])
+        else:
+            ds = ensure_index(lake, p, n, dim)
+            cands = index_pairs(ds, p, new_filter, meta["rowid"])
+        a, b, sim = cands.arrays()
+        comp = components(n, a, b, meta["old_label"])
+        table, n_groups, n_dups = decide(meta, comp, p.keep_by)
+        if table.num_rows:
+            lake.merge_columns(TABLE, table, on=KEY)
+        if table.num_rows or self._stale(lake):
+            lake.record_producers(TABLE, {c: self.provenance() for c in OUTPUT_COLUMNS})
+        summary.update(method=method, candidate_pairs=cands.scored, pairs=len(a), groups=n_groups,
+                       duplicates=n_dups, rows_written=table.num_rows,
+                       seconds=round(time.perf_counter() - t0, 3))
+        return summary
+
+    def _stale(self, lake: Lake) -> bool:
+        """True when the columns exist but were produced under other semantic params or version."""
+        recorded = lake.producers(TABLE).get("dup_group")
+        if recorded is None:
+            return False
+        current = self.provenance()
+        return recorded.get("version") != current["version"] or recorded.get("params") != current["params"]
+
+
+def build_params(values: dict) -> DedupParams:
+    known = {f.name for f in dataclasses.fields(DedupParams)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"stage 'dedup' has no parameter(s) {unknown}; known: {sorted(known)}")
+    return DedupParams(**values)
+
+
+def parse_key(spec: str) -> tuple[str, bool]:
+    """'clarity desc' → ('clarity', True). Default direction is descending (bigger is better)."""
+    parts = spec.split()
+    if not parts or len(parts) > 2 or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc")):
+        raise ConfigError(f"stage 'dedup': keep_by entry {spec!r} is not '<column> [asc|desc]'")
+    return parts[0], len(parts) == 1 or parts[1].lower() == "desc"
+
+
+# ---- shared table checks and streaming (also used by curation.concepts) -----------------------------
+def check_table(ds, column: str, step: str) -> int:
+    """Validate that `clips` exists and `column` is a float vector column; return its dimension."""
+    if ds is None:
+        raise ConfigError(f"step '{step}': the lake has no '{TABLE}' table; run the split and embedding "
+                          f"stages first")
+    idx = ds.schema.get_field_index(column)
+    if idx < 0:
+        raise ConfigError(f"step '{step}': table '{TABLE}' has no embedding column '{column}' (set the "
+                          f"step's `column` parameter, or run an embedding stage first)")
+    typ = ds.schema.field(column).type
+    if not (pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type)):
+        raise ConfigError(f"step '{step}': column '{column}' must be fixed_size_list<float32>[d], got {typ}")
+    return typ.list_size
+
+
+def quote(column: str) -> str:
+    return f"`{column}`"
+
+
+def embedding_filter(column: str, ds, only_new: bool) -> str:
+    cond = f"{quote(column)} IS NOT NULL"
+    if only_new and ds.schema.get_field_index("dup_group") >= 0:
+        cond += " AND dup_group IS NULL"
+    return cond
+
+
+def vectors(batch: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
+    """(rows, d) float32 view of a fixed_size_list column of one batch (no Python lists)."""
+    arr = batch.column(batch.schema.get_field_index(column))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    d = arr.type.list_size
+    flat = arr.flatten() if arr.offset or arr.null_count else arr.values
+    return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, d)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), so a dot product is a cosine."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def stream(ds, columns: list[str], where: str, batch_size: int) -> Iterator[pa.RecordBatch]:
+    return ds.to_batches(columns=columns, filter=where, batch_size=batch_size, with_row_id=True)
+
+
+def positions(rowids: np.ndarray, sorted_rowids: np.ndarray) -> np.ndarray:
+    """Table positions (index into the metadata arrays) of Lance row ids."""
+    return np.searchsorted(sorted_rowids, rowids)
+
+
+# ---- metadata -----------------------------------------------------------------------------------------
+def load_meta(ds, p: DedupParams, full: bool) -> dict:
+    """Small per-clip columns of every clip with an embedding: row id, clip_id, keep-key columns, the
+    previous dup columns. Sorted by row id so row ids from searches map to positions by bisection."""
+    names = set(ds.schema.names)
+    cols = [KEY] + [c for c in key_columns(p.keep_by) if c in names]
+    cols += [c for c in OUTPUT_COLUMNS if c in names and not full]
+    table = ds.to_table(columns=cols, filter=f"{quote(p.column)} IS NOT NULL", with_row_id=True)
+    order = pc.sort_indices(table, sort_keys=[("_rowid", "ascending")])
+    table = table.take(order)
+    old = table.column("dup_group") if "dup_group" in table.column_names else pa.nulls(table.num_rows,
+                                                                                     pa.string())
+    return {"table": table, "rowid": table.column("_rowid").to_numpy(),
+            "is_new": pc.is_null(old).to_numpy(zero_copy_only=False), "old_label": old}
+
+
+def key_columns(keep_by: tuple[str, ...]) -> list[str]:
+    out = []
+    for spec in keep_by:
+        name, _ = parse_key(spec)
+        out += ["width", "height"] if name == "resolution" else [name]
+    return out
+
+
+# ---- candidate pairs -------------------------------------------------------------------------------
+def exact_pairs(ds, p: DedupParams, new_filter: str, sorted_rowids: np.ndarray) -> Candidates:
+    """Brute force: every new clip against every clip, one (query block × table block) GEMM at a time.
+    Memory is two blocks of vectors plus one block_rows × query_batch similarity matrix."""
+    out = Candidates()
+    all_filter = f"{quote(p.column)} IS NOT NULL"
+    for qb in stream(ds, [p.column], new_filter, p.query_batch):
+        q = unit(vectors(qb, p.column))
+        qpos = positions(qb.column("_rowid").to_numpy(), sorted_rowids)
+        for db in stream(ds, [p.column], all_filter, p.block_rows):
+            x = unit(vectors(db, p.column))
+            dpos = positions(db.column("_rowid").to_numpy(), sorted_rowids)
+            s = q @ x.T
+            out.scored += s.size
+            i, j = np.nonzero(s >= p.threshold)
+            keep = qpos[i] != dpos[j]
+            out.add(qpos[i[keep]], dpos[j[keep]], s[i[keep], j[keep]])
+    return out
+
+
+def vector_index(ds, column: str) -> str | None:
+    """Name of a vector index on `column`, if any."""
+    for desc in ds.describe_indices():
+        if list(desc.field_names) == [column] and "IVF" in str(desc.index_type).upper():
+            return desc.name
+    return None
+
+
+def ensure_index(lake: Lake, p: DedupParams, n: int, dim: int):
+    """A cosine vector index on the column that covers every row: built when missing (IVF_FLAT by
+    default, see RESULTS_dedup.md for the measurement), extended with new rows otherwise."""
+    ds = lake.dataset(TABLE)
+    name = vector_index(ds, p.column)
+    if name is None:
+        parts = p.num_partitions or max(1, min(int(round(math.sqrt(n))), n // 32 or 1))
+        kwargs = {"num_sub_vectors": max(1, dim // 8)} if "PQ" in p.index_type.upper() else {}
+        ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
+    elif ds.stats.index_stats(name).get("num_unindexed_rows", 0):
+        # Unindexed rows are searched by a flat scan per query; folding them in is cheaper.
+        ds.optimize.optimize_indices(index_names=[name])
+    return lake.dataset(TABLE)
+
+
+def index_pairs(ds, p: DedupParams, new_filter: str, sorted_rowids: np.ndarray) -> Candidates:
+    """Batched k-NN through the Lance index for each block of new clips, restricted to a distance a little
+    looser than the threshold; the hits are then re-scored with an exact float32 cosine."""
+    out = Candidates()
+    # Lance's cosine distance is 1 - cos; the slack lets a quantised index (SQ/PQ) miss nothing exact.
+    max_dist = 1.0 - p.threshold + 0.02
+    for qb in stream(ds, [p.column], new_filter, p.query_batch):
+        q = vectors(qb, p.column)
+        qrow = qb.column("_rowid").to_numpy()
+        hits = ds.to_table(nearest={"column": p.column, "q": q, "k": p.k + 1, "nprobes": p.nprobes,
+                                    "distance_range": (None, max_dist)},
+                           columns=["_distance"], with_row_id=True)
+        qi = hits.column("query_index").to_numpy()
+        hrow = hits.column("_rowid").to_numpy()
+        keep = hrow != qrow[qi]
+        qi, hrow = qi[keep], hrow[keep]
+        out.scored += len(hrow)
+        if not len(hrow):
+            continue
+        sim = exact_cosine(ds, p.column, unit(q)[qi], hrow)
+        ok = sim >= p.threshold
+        out.add(positions(qrow[qi[ok]], sorted_rowids), positions(hrow[ok], sorted_rowids), sim[ok])
+    return out
+
+
+def exact_cosine(ds, column: str, q_unit: np.ndarray, rowids: np.ndarray) -> np.ndarray:
+    """Exact cosine between each query row and the stored vector of the matching row id."""
+    uniq, inverse = np.unique(rowids, return_inverse=True)
+    # take by row id (not offset): ids stay valid whatever the fragment layout or deletions
+    got = ds._take_rows(uniq.tolist(), columns=[column])
+    x = unit(vectors(got, column))
+    return np.einsum("ij,ij->i", q_unit, x[inverse])
+
+
+# ---- groups and decisions ---------------------------------------------------------------------------
+def components(n: int, a: np.ndarray, b: np.ndarray, old_label: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Component id per position over the new pairs plus the groups recorded by earlier runs."""
+    labelled = np.flatnonzero(pc.is_valid(old_label).to_numpy(zero_copy_only=False))
+    if len(labelled):
+        codes = pc.dictionary_encode(old_label.take(pa.array(labelled))).combine_chunks().indices
+        codes = codes.to_numpy()
+        first = np.full(codes.max() + 1, -1, np.int64)
+        first[codes[::-1]] = labelled[::-1]  # first position carrying each old label
+        a = np.concatenate([a, labelled])
+        b = np.concatenate([b, first[codes]])
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    return comp
+
+
+def decide(meta: dict, comp: np.ndarray, keep_by: tuple[str, ...]) -> tuple[pa.Table, int, int]:
+    """Elect the kept clip of every component touched by a new clip and return the rows whose values
+    change, plus the number of multi-clip groups and duplicates among the touched components."""
+    table: pa.Table = meta["table"]
+    touched = np.zeros(comp.max() + 1, bool)
+    touched[comp[meta["is_new"]]] = True
+    rows = np.flatnonzero(touched[comp])
+    sub = table.take(pa.array(rows))
+    sort_cols, sort_keys = {"comp": pa.array(comp[rows])}, [("comp", "ascending", "at_end")]
+    for i, spec in enumerate(keep_by):
+        name, desc = parse_key(spec)
+        col = key_array(sub, name)
+        if col is not None:
+            sort_cols[f"k{i}"] = col
+            sort_keys.append((f"k{i}", "descending" if desc else "ascending", "at_end"))
+    sort_cols[KEY] = sub.column(KEY)
+    sort_keys.append((KEY, "ascending", "at_end"))
+    order = pc.sort_indices(pa.table(sort_cols), sort_keys=sort_keys).to_numpy()
+    c_sorted = comp[rows][order]
+    starts = np.r_[True, c_sorted[1:] != c_sorted[:-1]]
+    keeper_idx = order[np.flatnonzero(starts)][np.cumsum(starts) - 1]  # per sorted row: its keeper
+    keeper = np.empty(len(rows), np.int64)
+    keeper[order] = keeper_idx
+    ids = sub.column(KEY)
+    group = ids.take(pa.array(keeper))
+    is_dup = keeper != np.arange(len(rows))
+    dup_of = pc.if_else(pa.array(is_dup), group, pa.scalar(None, pa.string()))
+    sizes = np.bincount(c_sorted)
+    n_groups = int((sizes[np.unique(c_sorted)] > 1).sum())
+    changed = changed_mask(sub, group, is_dup, dup_of)
+    out = pa.table({KEY: ids, "dup_group": group, "is_duplicate": pa.array(is_dup), "dup_of": dup_of})
+    return out.filter(pa.array(changed)), n_groups, int(is_dup.sum())
+
+
+def key_array(sub: pa.Table, name: str) -> pa.Array | None:
+    """Values of one keep-key column (`resolution` = width*height), or None when the table lacks it."""
+    names = sub.column_names
+    if name == "resolution":
+        if "width" not in names or "height" not in names:
+            return None
+        return pc.multiply(sub.column("width").cast(pa.int64()), sub.column("height").cast(pa.int64()))
+    return sub.column(name) if name in names else None
+
+
+def changed_mask(sub: pa.Table, group: pa.Array, is_dup: np.ndarray, dup_of: pa.Array) -> np.ndarray:
+    """Rows whose stored dup columns differ from the new decision (all rows on a first run)."""
+    if "dup_group" not in sub.column_names:
+        return np.ones(sub.num_rows, bool)
+    same = pa.array(np.ones(sub.num_rows, bool))
+    for name, new in (("dup_group", group), ("is_duplicate", pa.array(is_dup)), ("dup_of", dup_of)):
+        if name not in sub.column_names:
+            return np.ones(sub.num_rows, bool)
+        old = sub.column(name)
+        eq = pc.fill_null(pc.equal(old, new), False)
+        both_null = pc.and_(pc.is_null(old), pc.is_null(new))
+        same = pc.and_(same, pc.or_(eq, both_null))
+    return ~same.to_numpy(zero_copy_only=False)

@@ -1,0 +1,213 @@
+"""Near-duplicate dedup on planted duplicate groups: exact recovery on both search paths, the keep rule,
+incremental runs and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curation.dedup import DedupStep
+from curation.errors import ConfigError
+from curation.lake import Lake
+
+DIM = 64
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def planted(rng: np.random.Generator, n_base: int, n_groups: int, prefix: str = "c"):
+    """`n_base` random unit vectors, the first `n_groups` of which get 1-4 near-copies (cosine >= 0.97).
+    Returns (ids, vectors, truth) with truth[i] = index of the group's original."""
+    base = unit_rows(rng.standard_normal((n_base, DIM)))
+    vecs, truth = [base], list(range(n_base))
+    for g in range(n_groups):
+        copies = rng.integers(1, 5)
+        noise = rng.standard_normal((copies, DIM)) * 0.02
+        vecs.append(unit_rows(base[g] + noise))
+        truth += [g] * copies
+    x = np.concatenate(vecs)
+    ids = [f"{prefix}{i:06d}" for i in range(len(x))]
+    return ids, x, np.array(truth)
+
+
+def clips_table(ids, x, width=None, height=None, clarity=None) -> pa.Table:
+    n = len(ids)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel()), x.shape[1])
+    return pa.table({
+        "clip_id": pa.array(ids),
+        "width": pa.array(width if width is not None else [640] * n, pa.int32()),
+        "height": pa.array(height if height is not None else [360] * n, pa.int32()),
+        "clarity": pa.array(clarity if clarity is not None else [0.5] * n, pa.float32()),
+        "embedding": emb,
+    })
+
+
+def read(lake: Lake) -> dict[str, dict]:
+    t = lake.dataset("clips").to_table(columns=["clip_id", "dup_group", "is_duplicate", "dup_of"])
+    return {r["clip_id"]: r for r in t.to_pylist()}
+
+
+def groups_of(rows: dict[str, dict]) -> set[frozenset[str]]:
+    by: dict[str, set[str]] = {}
+    for cid, r in rows.items():
+        by.setdefault(r["dup_group"], set()).add(cid)
+    return {frozenset(v) for v in by.values()}
+
+
+def truth_groups(ids, truth) -> set[frozenset[str]]:
+    by: dict[int, set[str]] = {}
+    for cid, t in zip(ids, truth):
+        by.setdefault(int(t), set()).add(cid)
+    return {frozenset(v) for v in by.values()}
+
+
+@pytest.mark.parametrize("method", ["exact", "index"])
+def test_planted_groups_recovered_exactly(tmp_path, method):
+    rng = np.random.default_rng(1)
+    ids, x, truth = planted(rng, 3000, 150)
+    lake = Lake(tmp_path)
+    lake.append("clips", clips_table(ids, x))
+    summary = DedupStep({"method": method, "threshold": 0.9}).run(lake)
+    rows = read(lake)
+    assert summary["method"] == method
+    assert groups_of(rows) == truth_groups(ids, truth)
+    n_dups = len(x) - 3000
+    assert summary["duplicates"] == n_dups == sum(r["is_duplicate"] for r in rows.values())
+    assert summary["groups"] == 150
+    for cid, r in rows.items():
+        # singletons are their own group; dup_of names the group's kept clip
+        assert (r["dup_of"] is None) == (not r["is_duplicate"])
+        assert r["dup_group"] == (r["dup_of"] or cid)
+
+
+def test_keep_rule_resolution_then_clarity(tmp_path):
+    rng = np.random.default_rng(2)
+    base = unit_rows(rng.standard_normal((4, DIM)))
+    x = np.concatenate([base, unit_rows(base[:2] + 0.01 * rng.standard_normal((2, DIM)))])
+    ids = ["a_low", "b_orig", "c", "d", "a_high", "b_sharp"]
+    lake = Lake(tmp_path)
+    lake.append("clips", clips_table(ids, x, width=[640, 1280, 640, 640, 1920, 1280],
+                                     height=[360, 720, 360, 360, 1080, 720],
+                                     clarity=[0.9, 0.2, 0.5, 0.5, 0.1, 0.8]))
+    DedupStep().run(lake)
+    rows = read(lake)
+    # a: higher resolution wins over higher clarity; b: equal resolution, clarity breaks the tie
+    assert rows["a_low"]["dup_of"] == "a_high" and not rows["a_high"]["is_duplicate"]
+    assert rows["b_orig"]["dup_of"] == "b_sharp" and not rows["b_sharp"]["is_duplicate"]
+    assert rows["c"]["dup_group"] == "c" and rows["c"]["is_duplicate"] is False
+
+
+def test_keep_rule_custom_key_and_missing_columns(tmp_path):
+    rng = np.random.default_rng(3)
+    v = unit_rows(rng.standard_normal((1, DIM)))
+    x = np.concatenate([v, unit_rows(v + 0.01 * rng.standard_normal((1, DIM)))])
+    lake = Lake(tmp_path)
+    lake.append("clips", clips_table(["x1", "x2"], x, clarity=[0.9, 0.1]))
+    # "aesthetic" is absent from the table and skipped; ascending clarity keeps the blurrier clip
+    DedupStep({"keep_by": ["aesthetic desc", "clarity asc"]}).run(lake)
+    assert read(lake)["x1"]["dup_of"] == "x2"
+
+
+@pytest.mark.parametrize("method", ["exact", "index"])
+def test_incremental_new_clips_join_old_groups_and_rerun_is_a_no_op(tmp_path, method):
+    rng = np.random.default_rng(4)
+    ids, x, _ = planted(rng, 1500, 40)
+    lake = Lake(tmp_path)
+    lake.append("clips", clips_table(ids, x))
+    DedupStep({"method": method}).run(lake)
+    before = read(lake)
+    kept_of = {cid: r["dup_of"] or cid for cid, r in before.items()}
+
+    # new clips: copies of 20 old clips (lower resolution) and 30 unrelated ones
+    targets = [ids[i] for i in range(0, 40, 2)]
+    olds = x[[ids.index(t) for t in targets]]
+    new_x = np.concatenate([unit_rows(olds + 0.01 * rng.standard_normal(olds.shape)),
+                            unit_rows(rng.standard_normal((30, DIM)))])
+    new_ids = [f"n{i:03d}" for i in range(len(new_x))]
+    lake.append("clips", clips_table(new_ids, new_x, width=[320] * 50, height=[180] * 50))
+    summary = DedupStep({"method": method}).run(lake)
+    after = read(lake)
+    assert summary["checked"] == 50
+    for nid, t in zip(new_ids[:20], targets):
+        assert after[nid]["is_duplicate"] and after[nid]["dup_of"] == kept_of[t]
+    for nid in new_ids[20:]:
+        assert after[nid]["dup_group"] == nid and not after[nid]["is_duplicate"]
+    assert all(after[c] == before[c] for c in before)  # old decisions unchanged
+
+    version = lake.dataset("clips").version
+    again = DedupStep({"method": method}).run(lake)
+    assert again["checked"] == 0 and again["rows_written"] == 0
+    assert lake.dataset("clips").version == version
+    assert read(lake) == after
+
+
+def test_better_new_copy_takes_over_the_group(tmp_path):
+    rng = np.random.default_rng(5)
+    v = unit_rows(rng.standard_normal((2, DIM)))
+    lake = Lake(tmp_path)
+    x = np.concatenate([v[:1], unit_rows(v[:1] + 0.01), v[1:]])
+    lake.append("clips", clips_table(["o1", "o2", "o3"], x))
+    DedupStep().run(lake)
+    assert read(lake)["o2"]["dup_of"] == "o1"
+    lake.append("clips", clips_table(["hd"], unit_rows(v[:1] + 0.005), width=[3840], height=[2160]))
+    DedupStep().run(lake)
+    rows = read(lake)
+    # the same answer a single run over all four clips gives: the 4K copy is kept
+    assert rows["o1"]["dup_of"] == "hd" and rows["o2"]["dup_of"] == "hd" and rows["hd"]["dup_of"] is None
+    assert {rows[c]["dup_group"] for c in ("o1", "o2", "hd")} == {"hd"}
+
+
+def test_null_embeddings_are_skipped(tmp_path):
+    rng = np.random.default_rng(6)
+    x = unit_rows(rng.standard_normal((3, DIM)))
+    t = clips_table(["a", "b", "c"], x)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM, mask=pa.array([False, True, False]))
+    t = t.set_column(t.schema.get_field_index("embedding"), "embedding", emb)
+    lake = Lake(tmp_path)
+    lake.append("clips", t)
+    summary = DedupStep().run(lake)
+    rows = read(lake)
+    assert summary["clips"] == 2
+    assert rows["b"] == {"clip_id": "b", "dup_group": None, "is_duplicate": None, "dup_of": None}
+    assert rows["a"]["dup_group"] == "a"
+
+
+def test_changed_threshold_recomputes(tmp_path):
+    rng = np.random.default_rng(7)
+    v = unit_rows(rng.standard_normal((1, DIM)))
+    far = unit_rows(v + 0.08 * rng.standard_normal((1, DIM)))  # cosine ~0.85 with v
+    lake = Lake(tmp_path)
+    lake.append("clips", clips_table(["p", "q"], np.concatenate([v, far])))
+    assert DedupStep({"threshold": 0.95}).run(lake)["duplicates"] == 0
+    summary = DedupStep({"threshold": 0.5}).run(lake)
+    assert summary["checked"] == 2 and summary["duplicates"] == 1
+    assert lake.producers("clips")["dup_of"]["params"]["threshold"] == 0.5
+
+
+def test_bad_inputs_name_step_and_column(tmp_path):
+    lake = Lake(tmp_path)
+    with pytest.raises(ConfigError, match="dedup.*clips"):
+        DedupStep().run(lake)
+    lake.append("clips", pa.table({"clip_id": ["a"], "width": pa.array([1], pa.int32())}))
+    with pytest.raises(ConfigError, match="dedup.*'clip_emb'"):
+        DedupStep({"column": "clip_emb"}).run(lake)
+    with pytest.raises(ConfigError, match="no parameter"):
+        DedupStep({"treshold": 0.9})
+    with pytest.raises(ConfigError, match="method"):
+        DedupStep({"method": "magic"})
+
+
+def test_custom_column_name_and_provenance(tmp_path):
+    rng = np.random.default_rng(8)
+    ids, x, truth = planted(rng, 200, 10)
+    t = clips_table(ids, x).rename_columns(["clip_id", "width", "height", "clarity", "clip_emb"])
+    lake = Lake(tmp_path)
+    lake.append("clips", t)
+    DedupStep({"column": "clip_emb"}).run(lake)
+    assert groups_of(read(lake)) == truth_groups(ids, truth)
+    prov = lake.producers("clips")
+    assert set(prov) >= {"dup_group", "is_duplicate", "dup_of"}
+    assert prov["dup_group"]["stage"] == "dedup" and prov["dup_group"]["params"]["column"] == "clip_emb"
