@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FAILURE_ITEM = pa.struct([("stage", pa.string()), ("kind", pa.string()), ("message", pa.string())])
+# A failure recorded on an in-flight row; clip_id is null for failures of the whole video.
+FAILURE_ITEM = pa.struct([("stage", pa.string()), ("kind", pa.string()), ("message", pa.string()),
+                          ("clip_id", pa.string())])
 
 # Columns that describe the input file, known before any decode.
 INPUT_FIELDS = [

@@ -31,10 +31,10 @@ class NoParams:
     pass
 
 
-def failure(stage: str, exc: BaseException) -> dict:
-    """A `failures` list item for an exception raised while `stage` worked on a row."""
+def failure(stage: str, exc: BaseException, clip_id: str | None = None) -> dict:
+    """A `failures` list item for an exception raised while `stage` worked on a video (or one clip)."""
     message = str(exc) or type(exc).__name__
-    return {"stage": stage, "kind": error_kind(exc), "message": message[:2000]}
+    return {"stage": stage, "kind": error_kind(exc), "message": message[:2000], "clip_id": clip_id}
 
 
 class Stage(ABC):
@@ -100,7 +100,8 @@ class ClipStage(Stage):
         results = self.process([rows[i] for i in live])
         for i, res in zip(live, results):
             if isinstance(res, BaseException):
-                rows[i]["failures"] = [*(rows[i].get("failures") or []), failure(self.name, res)]
+                rows[i]["failures"] = [*(rows[i].get("failures") or []),
+                                      failure(self.name, res, rows[i]["clip_id"])]
             else:
                 outs[i] = res
         return append_columns(batch.set_column(batch.schema.get_field_index("failures"), "failures",

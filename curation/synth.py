@@ -33,8 +33,8 @@ class Shot:
 
     `pan` is the camera's move in output pixels per frame (dx, dy): the camera moving right makes the
     content move left. `zoom` is the per-frame scale factor (>1 zooms in). `rotate` is degrees per
-    frame (camera rolls clockwise → content turns counter-clockwise). `jitter` adds random shake of that
-    many pixels (a handheld camera)."""
+    frame (positive: the content turns clockwise on screen, i.e. the camera rolls counter-clockwise).
+    `jitter` adds random shake of that many pixels (a handheld camera)."""
 
     image: str | np.ndarray
     frames: int

@@ -53,12 +53,37 @@ def _check_file(path: str) -> int:
     return size
 
 
+def container_signature(path: str) -> str | None:
+    """The container family a file's first bytes announce, if any (to tell a damaged video from a file
+    that never was one)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"):
+        return "mp4/mov"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska/webm"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"\x00\x00\x01\xba") or head.startswith(b"\x00\x00\x01\xb3"):
+        return "mpeg-ps"
+    if head[:1] == b"\x47" and len(head) > 0:
+        return "mpeg-ts"
+    if head.startswith(b"FLV"):
+        return "flv"
+    return None
+
+
 def _open_container(path: str):
     import av
 
+    av.logging.set_level(av.logging.PANIC)  # errors reach the user as typed exceptions instead
     try:
         return av.open(path, metadata_errors="ignore")
     except av.error.InvalidDataError as exc:
+        family = container_signature(path)
+        if family:
+            raise VideoError(f"damaged {family} file, FFmpeg cannot read its index ({exc.strerror or exc}; "
+                             f"e.g. a missing moov atom or a cut-off download): {path}", kind="corrupt") from exc
         raise VideoError(f"not a video FFmpeg can read ({exc.strerror or exc}): {path}", kind="not_a_video") from exc
     except av.error.FFmpegError as exc:
         raise VideoError(f"cannot open ({exc.strerror or exc}): {path}", kind="unreadable") from exc

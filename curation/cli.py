@@ -1,0 +1,99 @@
+"""The `videocurate` command line: run a pipeline, query the lake with SQL, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from curation.errors import CurationError
+
+
+def _quiet() -> None:
+    os.environ.setdefault("RUST_LOG", "error")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", message=".*fork-safe.*")
+    for name in ("ray", "ray.data", "ray._private"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from curation.runner import run_pipeline
+
+    summary = run_pipeline(args.pipeline, args.input, args.lake, overrides=args.set or [],
+                           address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                           retry_failed=args.retry_failed,
+                           extensions=args.ext.split(",") if args.ext else None)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from curation.query import query, render
+
+    print(render(query(args.lake, args.query), args.format))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from curation.demo import run_demo
+
+    return run_demo(args.out, num_cpus=args.num_cpus)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="videocurate", description="Video data curation: split, score, dedupe, "
+                                "caption and tier video clips into a Lance lake queried with DuckDB.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and Ray logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a pipeline YAML over input videos into a lake")
+    r.add_argument("pipeline", help="pipeline YAML path or bundled name (default, hunyuan)")
+    r.add_argument("--input", "-i", nargs="+", required=True, help="files, directories (recursive) or globs")
+    r.add_argument("--lake", "-l", required=True, help="lake directory (created if missing)")
+    r.add_argument("--set", "-s", action="append", metavar="STAGE.PARAM=VALUE",
+                   help="override a stage parameter (VALUE is YAML), e.g. split.min_clip_s=3")
+    r.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    r.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    r.add_argument("--ext", help="only inputs with these extensions, e.g. mp4,mkv,webm (default: all files)")
+    r.add_argument("--retry-failed", action="store_true", help="process inputs that failed before again")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("sql", help="query the lake with DuckDB (every table is a view of its name)")
+    q.add_argument("query", help='e.g. "select uri, cuts from videos"')
+    q.add_argument("--lake", "-l", required=True)
+    q.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=cmd_sql)
+
+    d = sub.add_parser("demo", help="make sample videos from real photos, curate them, show the results")
+    d.add_argument("--out", default="videocurate-demo", help="folder for the sample videos and the lake")
+    d.add_argument("--num-cpus", type=int)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.verbose:
+        _quiet()
+    try:
+        return args.func(args)
+    except CurationError as exc:
+        print(f"videocurate: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("videocurate: interrupted; committed work is kept, a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a clear one-line message unless --verbose
+        if args.verbose:
+            raise
+        print(f"videocurate: error: {type(exc).__name__}: {exc} (rerun with -v for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

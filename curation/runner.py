@@ -1,0 +1,227 @@
+"""The Ray runner: a pipeline's streaming stages become one Ray Data plan (tasks for stateless stages,
+actor pools for stateful ones, each with its declared resources); the driver streams the results into
+the lake in chunks; global steps (dedup, concepts) run on the committed tables afterwards.
+
+Runs on an embedded local Ray by default and on a cluster with `address=`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from curation.inputs import InputFile, discover
+from curation.lake import Lake
+from curation.pipeline import Pipeline, load_pipeline
+from curation.schema import row_schema, rows_to_table
+from curation.stage import Stage, field_meta
+from curation.writer import LakeWriter, WriteStats, recover
+
+log = logging.getLogger("videocurate")
+
+
+@dataclass
+class RunSummary:
+    pipeline: str
+    lake: str
+    inputs: int
+    skipped: int  # already committed by an earlier run
+    stats: WriteStats
+    steps: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        v = self.stats.videos
+        out = [f"pipeline {self.pipeline} → {self.lake}",
+               f"inputs {self.inputs} (skipped {self.skipped} already in the lake)",
+               f"videos ok {v['ok']}, failed {v['failed']}, no clips {v['no_clips']}, "
+               f"duplicate {v['duplicate']}; clips {self.stats.clips}; failure rows {self.stats.failures}"]
+        out += [f"step {k}: {s}" for k, s in self.steps.items()]
+        out += [f"warning: {p}" for p in self.problems]
+        out.append(f"done in {self.seconds:.1f}s")
+        return out
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start (or join) Ray quietly. Embedded local Ray unless `address` is given."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = dict(ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING,
+                  log_to_driver=True, configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.data")] + ["ray.data"]:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.max_errored_blocks = -1  # a crashed worker loses its block, not the run (see _finish)
+
+
+def fuse_scorers(stages: list[Stage]) -> list[Stage]:
+    """Consecutive scorers become one ScoreGroup stage: one decode of each clip's frames for all."""
+    out: list[Stage] = []
+    run: list[Stage] = []
+    for s in [*stages, None]:
+        if s is not None and hasattr(s, "score") and hasattr(s, "request"):
+            run.append(s)
+            continue
+        if run:
+            from filters.sampling import ScoreGroup
+
+            out.append(ScoreGroup(run))
+            run = []
+        if s is not None:
+            out.append(s)
+    return out
+
+
+def output_fields(stages: list[Stage]) -> list[pa.Field]:
+    fields: list[pa.Field] = []
+    for s in stages:
+        for f in s.output_fields():
+            fields.append(f if f.metadata else f.with_metadata(field_meta(s)))
+    return fields
+
+
+class _StageActor:
+    """Actor wrapper: builds the stage's heavy state once, then serves batches."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.stage.ensure_setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage(batch)
+
+
+def _call(stage: Stage, batch: pa.Table) -> pa.Table:
+    return stage(batch)
+
+
+def build_plan(stages: list[Stage], blocks: list[pa.Table]):
+    """Ray Data plan: from the input blocks through every stage, with each stage's resources."""
+    import ray
+
+    ds = ray.data.from_arrow(blocks)
+    for s in stages:
+        r = s.resources
+        common = dict(batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.num_cpus,
+                      zero_copy_batch=False)
+        if r.num_gpus:
+            common["num_gpus"] = r.num_gpus
+        if s.stateful:
+            ds = ds.map_batches(_StageActor, fn_constructor_args=(s,), concurrency=r.concurrency or 1, **common)
+        else:
+            if r.concurrency:
+                common["concurrency"] = r.concurrency
+            ds = ds.map_batches(functools.partial(_call, s), **common)
+    return ds
+
+
+def input_blocks(files: list[InputFile], schema: pa.Schema, per_block: int = 1) -> list[pa.Table]:
+    rows = [{"uri": f.uri, "size_bytes": f.size_bytes, "mtime_ns": f.mtime_ns, "failures": []} for f in files]
+    return [rows_to_table(rows[i:i + per_block], schema) for i in range(0, len(rows), per_block)]
+
+
+def _already_done(lake: Lake, retry_failed: bool) -> tuple[set[tuple[str, int, int]], dict[str, int]]:
+    """Inputs (uri, size, mtime) committed before, and attempt numbers for retried failures."""
+    done: set[tuple[str, int, int]] = set()
+    attempts: dict[str, int] = {}
+    for b in lake.scan("videos", columns=["uri", "size_bytes", "mtime_ns", "status"]):
+        for uri, size, mtime, status in zip(*(b.column(i).to_pylist() for i in range(4))):
+            if retry_failed and status == "failed":
+                continue
+            done.add((uri, size, mtime))
+    if retry_failed:
+        for b in lake.scan("failures", columns=["uri", "attempt"]):
+            for uri, attempt in zip(b.column(0).to_pylist(), b.column(1).to_pylist()):
+                attempts[uri] = max(attempts.get(uri, 1), (attempt or 1) + 1)
+        lake.delete("videos", "status = 'failed'")
+    return done, attempts
+
+
+def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: str | Lake,
+                 overrides: Iterable[str] = (), address: str | None = None, num_cpus: int | None = None,
+                 progress: bool = True, retry_failed: bool = False,
+                 extensions: Iterable[str] | None = None) -> RunSummary:
+    """Run a pipeline over input paths into a lake. Completed inputs of earlier runs are skipped."""
+    t0 = time.monotonic()
+    pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline, list(overrides))
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    built = pipe.build()  # validates every parameter before any work starts
+    stages = fuse_scorers([b for b in built if isinstance(b, Stage)])
+    steps = [b for b in built if not isinstance(b, Stage)]
+
+    files, problems = discover(inputs, extensions)
+    recover(lake)
+    done, attempts = _already_done(lake, retry_failed)
+    todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in done]
+    summary = RunSummary(pipe.name, lake.root, len(files), len(files) - len(todo), WriteStats(),
+                         problems=problems)
+
+    fields = output_fields(stages)
+    if todo:
+        init_ray(address, num_cpus)
+        writer = LakeWriter(lake, fields, commit_every=pipe.commit_every, attempts=attempts)
+        ds = build_plan(stages, input_blocks(todo, row_schema(fields)))
+        bar = _progress(len(todo), progress)
+        try:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    if writer.add(row):
+                        bar.update(1)
+            _finish(writer, todo)
+        finally:
+            writer.commit()
+            bar.close()
+        lake.record_producers("clips", {f.name: _producer(f) for f in fields})
+        summary.stats = writer.stats
+    for step in steps:
+        summary.steps[step.name] = step.run(lake)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _producer(f: pa.Field) -> dict:
+    import json
+
+    raw = (f.metadata or {}).get(b"videocurate.producer")
+    return json.loads(raw) if raw else {}
+
+
+def _finish(writer: LakeWriter, todo: list[InputFile]) -> None:
+    """Inputs whose rows never all arrived (a worker died) become failure rows, never silence."""
+    for uri in writer.pending_uris():
+        writer.fail(uri, "worker_lost", "a worker died before all of this video's clips arrived")
+    for f in todo:
+        if f.uri not in writer.seen:
+            writer.fail(f.uri, "worker_lost", "a worker died while processing this input",
+                        {"size_bytes": f.size_bytes, "mtime_ns": f.mtime_ns})
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", desc="curating", file=sys.stderr, dynamic_ncols=True)

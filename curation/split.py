@@ -1,0 +1,189 @@
+"""Scene splitting: decode each video once at a small analysis size, feed PySceneDetect detectors frame
+by frame, then turn the detected shots into clips (drop short shots, window long ones, start each clip
+on its sharpest early frame — HunyuanVideo's "clear start frame")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from curation.errors import ConfigError, VideoError
+from curation.stage import Resources, Stage, failure
+from curation.video import VideoInfo, VideoReader, fit_size
+
+DETECTORS = ("content", "adaptive", "threshold", "histogram")
+
+
+@dataclass
+class SplitParams:
+    """Scene-split settings. Thresholds left as None take PySceneDetect's defaults
+    (content 27, adaptive 3.0, threshold 12, histogram 0.2)."""
+
+    detectors: list[str] = field(default_factory=lambda: ["content"])
+    threshold: float | None = None  # for the first detector
+    min_scene_len: int = 15  # frames between two cuts, at least
+    analysis_width: int = 256  # decode width for detection (the detectors' own downscale target)
+    min_clip_s: float = 2.0  # shots shorter than this are dropped
+    max_clip_s: float = 10.0  # shots longer than this are cut into windows of this length
+    sharp_start_frames: int = 5  # choose each clip's first frame among this many (0/1 = off)
+    backend: str = "auto"  # decord | pyav | auto
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    start: int  # inclusive
+    end: int  # exclusive
+    shot_index: int
+    shot_start: int
+    shot_end: int
+    sharpness: float
+
+
+def make_detectors(params: SplitParams, fps: float) -> list:
+    import scenedetect as sd
+
+    dets = []
+    for i, name in enumerate(params.detectors):
+        thr = {"threshold": params.threshold} if (i == 0 and params.threshold is not None) else {}
+        common = {"min_scene_len": params.min_scene_len}
+        if name == "content":
+            dets.append(sd.ContentDetector(**thr, **common))
+        elif name == "adaptive":
+            kw = {"adaptive_threshold": params.threshold} if thr else {}
+            dets.append(sd.AdaptiveDetector(**kw, **common))
+        elif name == "threshold":
+            dets.append(sd.ThresholdDetector(**thr, **common, add_final_scene=False))
+        elif name == "histogram":
+            dets.append(sd.HistogramDetector(**thr, **common))
+        else:
+            raise ConfigError(f"split: unknown detector '{name}'; choose from {DETECTORS}")
+    return dets
+
+
+def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams) -> tuple[list[int], np.ndarray]:
+    """Run the detectors over RGB analysis frames. Returns (cut frames, per-frame Laplacian variance).
+    Cuts from several detectors are merged; cuts closer than `min_scene_len` keep the earlier one."""
+    from scenedetect import FrameTimecode
+
+    dets = make_detectors(params, fps)
+    sharp: list[float] = []
+    found: list[int] = []
+    n = 0
+    for n, rgb in enumerate(frames):
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        sharp.append(float(cv2.Laplacian(gray, cv2.CV_32F).var()))
+        tc = FrameTimecode(n, fps)
+        for det in dets:
+            found.extend(c.frame_num for c in det.process_frame(tc, bgr))
+    else:
+        if sharp:
+            end = FrameTimecode(n, fps)
+            for det in dets:
+                found.extend(c.frame_num for c in det.post_process(end))
+    return _merge_cuts(found, len(sharp), params.min_scene_len), np.asarray(sharp, np.float32)
+
+
+def _merge_cuts(cuts: Sequence[int], n_frames: int, min_gap: int) -> list[int]:
+    merged: list[int] = []
+    for c in sorted(set(int(c) for c in cuts)):
+        if 0 < c < n_frames and (not merged or c - merged[-1] >= min_gap):
+            merged.append(c)
+    return merged
+
+
+def shots_from_cuts(cuts: Sequence[int], n_frames: int) -> list[tuple[int, int]]:
+    bounds = [0, *cuts, n_frames]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def make_clips(shots: Sequence[tuple[int, int]], fps: float, sharpness: np.ndarray,
+               params: SplitParams) -> list[ClipSpan]:
+    """Clips from shots: drop short shots, cut long ones into windows of `max_clip_s`, and move each
+    window's start to its sharpest frame among the first `sharp_start_frames`."""
+    min_len = max(1, int(round(params.min_clip_s * fps)))
+    max_len = max(min_len, int(round(params.max_clip_s * fps)))
+    clips: list[ClipSpan] = []
+    for si, (s0, s1) in enumerate(shots):
+        start = s0
+        while s1 - start >= min_len:
+            end = min(s1, start + max_len)
+            look = max(1, min(params.sharp_start_frames, end - start - min_len + 1))
+            best = _sharp_start(sharpness[start:start + look], start)
+            if end - best >= min_len:
+                sharp = float(sharpness[best]) if best < len(sharpness) else 0.0
+                clips.append(ClipSpan(best, end, si, s0, s1, sharp))
+            start = end
+    return clips
+
+
+def _sharp_start(window: np.ndarray, offset: int, tolerance: float = 0.9) -> int:
+    """The earliest frame whose sharpness is within `tolerance` of the window's best: a blurry start
+    moves forward, while codec noise on an already sharp start costs no frames."""
+    if len(window) == 0:
+        return offset
+    good = np.nonzero(window >= tolerance * float(window.max()))[0]
+    return offset + int(good[0])
+
+
+class SplitStage(Stage):
+    """One row per probed video in, one row per clip out (a video with no clip keeps one row with a
+    null clip_id and status `no_clips`, plus a failure item saying why)."""
+
+    name = "split"
+    version = "1"
+    Params = SplitParams
+    resources = Resources(num_cpus=1, batch_size=1)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: list[dict] = []
+        for row in batch.to_pylist():
+            out.extend(self.split_row(row))
+        return pa.Table.from_pylist(out, schema=batch.schema)
+
+    def split_row(self, row: dict) -> list[dict]:
+        if row.get("status") != "ok":
+            return [row]
+        try:
+            info = VideoInfo(path=row["uri"], size_bytes=row["size_bytes"], container=row["container"],
+                             codec=row["codec"], width=row["width"], height=row["height"], fps=row["fps"],
+                             frame_count=row["frame_count"], duration_s=row["duration_s"],
+                             rotation=row["rotation"], has_audio=row["has_audio"])
+            reader = VideoReader(info.path, backend=self.params.backend, info=info)
+            size = fit_size(info.width, info.height, target_width=self.params.analysis_width)
+            cuts, sharp = detect(reader.iter_frames(size), info.fps, self.params)
+        except Exception as exc:  # noqa: BLE001 - becomes a failure row
+            return [{**row, "status": "failed", "error": str(exc), "n_clips": 0,
+                     "failures": [*(row["failures"] or []), failure(self.name, exc)]}]
+        n = len(sharp)
+        fps = info.fps
+        video = {**row, "frame_count": n, "duration_s": n / fps, "cuts": cuts}
+        warnings = list(row["failures"] or [])
+        if info.frame_count and n < 0.9 * info.frame_count:
+            warnings.append(failure(self.name, VideoError(
+                f"only {n} of {info.frame_count} frames decode: the file is truncated; clips use what decodes",
+                kind="truncated")))
+        video["failures"] = warnings
+        spans = make_clips(shots_from_cuts(cuts, n), fps, sharp, self.params)
+        if not spans:
+            why = VideoError(f"no shot of at least min_clip_s={self.params.min_clip_s}s "
+                             f"({n} frames, {n / fps:.2f}s, {len(cuts)} cuts)", kind="too_short")
+            return [{**video, "status": "no_clips", "error": str(why), "n_clips": 0,
+                     "failures": [*warnings, failure(self.name, why)]}]
+        # Video-level failures travel on the first clip row only, so they are written once.
+        return [{**video, "n_clips": len(spans), **clip_columns(row["video_id"], sp, fps),
+                 "failures": warnings if i == 0 else []} for i, sp in enumerate(spans)]
+
+
+def clip_columns(video_id: str, sp: ClipSpan, fps: float) -> dict:
+    return {
+        "clip_id": f"{video_id}_{sp.start}_{sp.end}",
+        "start_frame": sp.start, "end_frame": sp.end,
+        "start_s": sp.start / fps, "end_s": sp.end / fps, "duration_clip_s": (sp.end - sp.start) / fps,
+        "shot_index": sp.shot_index, "shot_start_frame": sp.shot_start, "shot_end_frame": sp.shot_end,
+        "start_sharpness": sp.sharpness,
+    }
