@@ -84,7 +84,8 @@ class ClipFrames:
         """(K,H,W) uint8 luma of `at(max_side, next)`."""
         key = ("gray", max_side, next)
         if key not in self._cache:
-            self._cache[key] = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in self.at(max_side, next)])
+            rgb = self.at(max_side, next)
+            self._cache[key] = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])
         return self._cache[key]
 
     def scale(self, max_side: int | None) -> float:

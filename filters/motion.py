@@ -116,7 +116,8 @@ class MotionScorer(Scorer):
     def __init__(self, params=None, resources=None):
         super().__init__(params, resources)
         if self.params.vertical_as not in ("tilt", "pan"):
-            raise ConfigError(f"stage 'motion': vertical_as must be 'tilt' or 'pan', not {self.params.vertical_as!r}")
+            raise ConfigError(f"stage 'motion': vertical_as must be 'tilt' or 'pan', "
+                              f"not {self.params.vertical_as!r}")
 
     def output_fields(self) -> list[pa.Field]:
         f32 = pa.float32()

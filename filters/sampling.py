@@ -70,8 +70,9 @@ def decode_clips(rows: Sequence[dict], request: FrameRequest) -> list[ClipFrames
         if not plans:
             continue
         info = reader.info
-        size = None if request.max_side is None else fit_size(info.width, info.height, max_side=request.max_side)
-        wanted = sorted({int(f) for idx, nxt in plans.values() for f in (*idx, *(() if nxt is None else nxt))})
+        size = None if request.max_side is None else fit_size(info.width, info.height,
+                                                                 max_side=request.max_side)
+        wanted = sorted({int(f) for pair in plans.values() for part in pair if part is not None for f in part})
         try:
             decoded = reader.read(wanted, size)
         except Exception as exc:  # noqa: BLE001
@@ -118,7 +119,7 @@ def run_scorers(batch: pa.Table, scorers: Sequence[Scorer], group_name: str,
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
     for i, clip in zip(live, clips):
         if isinstance(clip, BaseException):
-            fails[i].append(failure(group_name, clip))
+            fails[i].append(failure(group_name, clip, rows[i]["clip_id"]))
             continue
         for scorer in scorers:
             t0 = time.perf_counter()
@@ -126,11 +127,14 @@ def run_scorers(batch: pa.Table, scorers: Sequence[Scorer], group_name: str,
                 values = scorer.score(clip.subset(scorer.request().frames))
                 outs[i].update({k: _to_arrow_value(v) for k, v in values.items()})
             except Exception as exc:  # noqa: BLE001 - recorded on the row, other scorers still run
-                fails[i].append(failure(scorer.name, exc))
+                fails[i].append(failure(scorer.name, exc, rows[i]["clip_id"]))
             timings[scorer.name] = timings.get(scorer.name, 0.0) + time.perf_counter() - t0
-    failures = pa.array(fails, pa.list_(FAILURE_ITEM))
     idx = batch.schema.get_field_index("failures")
-    batch = batch.set_column(idx, "failures", failures) if idx >= 0 else batch.append_column("failures", failures)
+    failures = pa.array(fails, batch.schema.field(idx).type if idx >= 0 else pa.list_(FAILURE_ITEM))
+    if idx >= 0:
+        batch = batch.set_column(idx, "failures", failures)
+    else:
+        batch = batch.append_column("failures", failures)
     return append_columns(batch, [f for s in scorers for f in annotated_fields(s)], outs)
 
 
@@ -164,7 +168,8 @@ class ScoreGroup(ClipStage):
         return [f for s in self.scorers for f in annotated_fields(s)]
 
     def provenance(self) -> dict:
-        return {"stage": self.name, "version": self.version, "scorers": [s.provenance() for s in self.scorers]}
+        return {"stage": self.name, "version": self.version,
+                "scorers": [s.provenance() for s in self.scorers]}
 
     def with_(self, **overrides) -> ScoreGroup:
         raise ConfigError("a ScoreGroup has no parameters of its own; configure its scorers")

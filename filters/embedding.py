@@ -1,0 +1,119 @@
+"""Clip embeddings for near-duplicate search and concept balancing: an open_clip image embedding
+(real weights) or, offline by default, a classical perceptual embedding that needs no weights."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from filters.base import ClipFrames, FrameRequest, Scorer
+from filters.clip_model import clip_embed_dim, embed_frames, load_clip
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-12 else v
+
+
+@dataclass
+class ClipEmbeddingParams:
+    """model: open_clip architecture. pretrained: tag in the local cache or checkpoint path (required).
+    frames: samples per clip. decode_side: decode size (longer side). device: torch device."""
+
+    model: str = "ViT-L-14"
+    pretrained: str | None = None
+    frames: int = 4
+    decode_side: int = 448
+    device: str = "cpu"
+
+
+class ClipEmbeddingScorer(Scorer):
+    """`embedding` (fixed_size_list<float32>[d]): mean of the frames' normalised CLIP embeddings,
+    L2-normalised; `embedding_model`: "open_clip:<model>:<pretrained>"."""
+
+    name = "clip_embedding"
+    version = "1"
+    Params = ClipEmbeddingParams
+    stateful = True
+
+    def output_fields(self) -> list[pa.Field]:
+        dim = clip_embed_dim(self.name, self.params.model)
+        return [pa.field("embedding", pa.list_(pa.float32(), dim)), pa.field("embedding_model", pa.string())]
+
+    def request(self) -> FrameRequest:
+        return FrameRequest(frames=self.params.frames, max_side=self.params.decode_side)
+
+    def setup(self) -> None:
+        p = self.params
+        self.model, self.preprocess = load_clip(self.name, p.model, p.pretrained, p.device)
+        tag = os.path.basename(p.pretrained) if p.pretrained else "none"
+        self.model_id = f"open_clip:{p.model}:{tag}"
+
+    def score(self, clip: ClipFrames) -> dict:
+        emb = embed_frames(self.model, self.preprocess, clip.at(self.params.decode_side), self.params.device)
+        return {"embedding": _unit(emb.mean(axis=0)).astype(np.float32), "embedding_model": self.model_id}
+
+
+@dataclass
+class PerceptualParams:
+    """frames: samples per clip. dct_size: low-frequency DCT block kept (dct_size² − 1 values, DC
+    dropped) of a 32×32 luma thumbnail. layout_grid: colour layout grid (grid² × 3 values, YCrCb).
+    hue_bins / sat_bins: hue-saturation histogram. The three parts are each centred and unit-norm,
+    then weighted by w_dct / w_layout / w_hist."""
+
+    frames: int = 8
+    dct_size: int = 9
+    layout_grid: int = 4
+    hue_bins: int = 8
+    sat_bins: int = 4
+    w_dct: float = 1.0
+    w_layout: float = 0.7
+    w_hist: float = 0.5
+
+
+def perceptual_features(rgb: np.ndarray, p: PerceptualParams) -> np.ndarray:
+    """One frame's feature: structure (low DCT of luma), colour layout and colour histogram. All are
+    low-pass views of the picture, so re-encoding, rescaling and small crops barely move them."""
+    luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    thumb = cv2.resize(luma, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    dct = cv2.dct(thumb)[: p.dct_size, : p.dct_size].ravel()[1:]  # DC = brightness, carried by layout
+    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+    layout = cv2.resize(ycc, (p.layout_grid, p.layout_grid), interpolation=cv2.INTER_AREA).astype(np.float32)
+    layout = (layout - layout.reshape(-1, 3).mean(0)).ravel() / 255.0
+    small = cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    hist = cv2.calcHist([hsv], [0, 1], None, [p.hue_bins, p.sat_bins], [0, 180, 0, 256]).ravel()
+    hist = np.sqrt(hist / max(1.0, float(hist.sum())))  # Hellinger: tames dominant colours
+    hist = hist - hist.mean()
+    return np.concatenate([p.w_dct * _unit(dct), p.w_layout * _unit(layout), p.w_hist * _unit(hist)])
+
+
+class PerceptualEmbeddingScorer(Scorer):
+    """`embedding` (fixed_size_list<float32>[d], d = dct_size² − 1 + 3·layout_grid² + hue_bins·sat_bins,
+    160 by default): the mean of per-frame perceptual features, L2-normalised; compare with cosine.
+    `embedding_model`: "perceptual-v1:<d>". Needs no weights (the offline default)."""
+
+    name = "embedding"
+    version = "1"
+    Params = PerceptualParams
+
+    @property
+    def dim(self) -> int:
+        p = self.params
+        return p.dct_size**2 - 1 + 3 * p.layout_grid**2 + p.hue_bins * p.sat_bins
+
+    def output_fields(self) -> list[pa.Field]:
+        return [pa.field("embedding", pa.list_(pa.float32(), self.dim)),
+                pa.field("embedding_model", pa.string())]
+
+    def request(self) -> FrameRequest:
+        return FrameRequest(frames=self.params.frames, max_side=128)
+
+    def score(self, clip: ClipFrames) -> dict:
+        feats = np.stack([perceptual_features(f, self.params) for f in clip.at(128)])
+        return {"embedding": _unit(feats.mean(axis=0)).astype(np.float32),
+                "embedding_model": f"perceptual-v{self.version}:{self.dim}"}
