@@ -114,6 +114,12 @@ class DedupStep:
         ds = lake.dataset(TABLE)
         dim = check_table(ds, p.column, self.name)
         full = p.full or self._stale(lake)
+        if not full and ds.schema.get_field_index("dup_group") >= 0 \
+                and ds.count_rows(filter=embedding_filter(p.column, ds, only_new=True)) == 0:
+            # nothing new: answer without reading the table (a rerun must stay cheap and write nothing)
+            return {"step": self.name, "clips": ds.count_rows(filter=f"{quote(p.column)} IS NOT NULL"),
+                    "checked": 0, "method": None, "candidate_pairs": 0, "pairs": 0, "groups": 0,
+                    "duplicates": 0, "rows_written": 0, "seconds": round(time.perf_counter() - t0, 3)}
         meta = load_meta(ds, p, full)
         n = len(meta["rowid"])
         is_new = meta["is_new"]
@@ -125,21 +131,30 @@ class DedupStep:
             return summary
         method = p.method if p.method != "auto" else ("exact" if n <= p.exact_max_rows else "index")
         new_filter = embedding_filter(p.column, ds, only_new=not full)
+        timings = {"read_meta": time.perf_counter() - t0}
         if method == "exact":
             cands = exact_pairs(ds, p, new_filter, meta["rowid"])
         else:
+            t = time.perf_counter()
             ds = ensure_index(lake, p, n, dim)
+            timings["index"] = time.perf_counter() - t
             cands = index_pairs(ds, p, new_filter, meta["rowid"])
+        t = time.perf_counter()
+        timings["search"] = t - t0 - sum(timings.values())
         a, b, sim = cands.arrays()
         comp = components(n, a, b, meta["old_label"])
         table, n_groups, n_dups = decide(meta, comp, p.keep_by)
+        timings["group"] = time.perf_counter() - t
+        t = time.perf_counter()
         if table.num_rows:
             lake.merge_columns(TABLE, table, on=KEY)
         if table.num_rows or self._stale(lake):
             lake.record_producers(TABLE, {c: self.provenance() for c in OUTPUT_COLUMNS})
+        timings["write"] = time.perf_counter() - t
         summary.update(method=method, candidate_pairs=cands.scored, pairs=len(a), groups=n_groups,
                        duplicates=n_dups, rows_written=table.num_rows,
-                       seconds=round(time.perf_counter() - t0, 3))
+                       seconds=round(time.perf_counter() - t0, 3),
+                       timings={k: round(v, 3) for k, v in timings.items()})
         return summary
 
     def _stale(self, lake: Lake) -> bool:

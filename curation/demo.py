@@ -28,7 +28,8 @@ def run_demo(out: str, num_cpus: int | None = None, pipeline: str = "default") -
         print(f"  {os.path.basename(t.path):20s} known {t.cuts}  found {got}")
     print(f"  {hits}/{total} known cuts found within ±1 frame")
 
-    sql = ("select regexp_extract(v.uri, '[^/]+$') as video, count(*) as clips, round(sum(c.duration_clip_s), 1) as seconds "
+    sql = ("select regexp_extract(v.uri, '[^/]+$') as video, count(*) as clips, "
+           "round(sum(c.duration_clip_s), 1) as seconds "
            "from clips c join videos v using (video_id) group by all order by video")
     print(f"\n$ videocurate sql --lake {lake} \"{sql}\"")
     print(render(query(lake, sql)))

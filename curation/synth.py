@@ -116,8 +116,9 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
                 codec: str = "libx264", crf: int = 18, pix_fmt: str = "yuv420p",
                 rotation: int = 0, bit_rate: int | None = None) -> int:
     """Encode RGB frames with PyAV. `rotation` stores a display-matrix rotation (clockwise degrees)."""
-    import av
     from fractions import Fraction
+
+    import av
 
     path = os.fspath(path)
     n = 0

@@ -176,7 +176,9 @@ class VideoReader:
         self.info = info or probe(self.path)
         self.backend = backend
         self._decord = None
-        if backend in ("auto", "decord"):
+        # decord applies display rotation itself at native size but mangles rotated frames when asked
+        # for another size (4 channels, wrong shape): rotated videos always go through PyAV.
+        if backend == "decord" or (backend == "auto" and self.info.rotation == 0):
             self._decord = self._open_decord(required=backend == "decord")
 
     def _open_decord(self, required: bool):
@@ -208,16 +210,17 @@ class VideoReader:
         yield from self._iter_pyav(size, skip=done)
 
     def _decord_reader(self, size: Size | None):
-        stored = _stored(size, self.info.rotation)
-        kwargs = {"width": stored[0], "height": stored[1]} if stored else {}
+        if self.info.rotation:
+            raise VideoError(f"decord cannot resize rotated video; use backend pyav: {self.path}",
+                             kind="unsupported")
+        kwargs = {"width": size[0], "height": size[1]} if size else {}
         return self._decord.VideoReader(self.path, ctx=self._decord.cpu(0), num_threads=0, **kwargs)
 
     def _iter_decord(self, size: Size | None, chunk: int) -> Iterator[np.ndarray]:
         vr = self._decord_reader(size)
         n = len(vr)
         for start in range(0, n, chunk):
-            batch = vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
-            yield from _orient(batch, self.info.rotation)
+            yield from vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
     def _iter_pyav(self, size: Size | None, skip: int = 0) -> Iterator[np.ndarray]:
         import av
@@ -250,7 +253,7 @@ class VideoReader:
                 vr = self._decord_reader(size)
                 n = len(vr)
                 safe = [min(max(i, 0), n - 1) for i in indices]
-                return _orient(vr.get_batch(safe).asnumpy(), self.info.rotation)
+                return vr.get_batch(safe).asnumpy()
             except Exception:
                 if self.backend == "decord":
                     raise

@@ -84,7 +84,7 @@ class LakeWriter:
             return
         now = datetime.now(timezone.utc)
         videos, clips, failures = [], [], []
-        for rows in self._ready:
+        for rows in sorted(self._ready, key=lambda rs: rs[0]["uri"]):  # deterministic duplicate choice
             video = self._video_row(rows[0])
             if video["status"] == "ok" and video["video_id"] in self._known_ids:
                 first = self._known_ids[video["video_id"]]

@@ -61,7 +61,7 @@ def bad_inputs(folder: str) -> dict[str, str]:
     os.remove(p("no_moov_src.mp4"))
     with open(p("no_moov.mp4"), "wb") as f:
         f.write(data[: len(data) // 2])
-    made["no_moov.mp4"] = "not_a_video"
+    made["no_moov.mp4"] = "corrupt"
 
     # moov first (faststart), then the media data cut off: a truncated but partly playable file.
     good_video(p("full.mp4"), seconds=(3, 3))

@@ -1,0 +1,41 @@
+"""Shared test set-up: offline, quiet, one embedded Ray per session, media made by code."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RUST_LOG", "error")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the whole session (starting Ray costs seconds)."""
+    from curation.runner import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def bad_folder(tmp_path_factory):
+    import media
+
+    folder = tmp_path_factory.mktemp("bad")
+    made = media.bad_inputs(str(folder))
+    return str(folder), made
+
+
+@pytest.fixture(scope="session")
+def demo_videos(tmp_path_factory):
+    from curation import synth
+
+    folder = tmp_path_factory.mktemp("demo")
+    return synth.demo_set(str(folder))

@@ -1,0 +1,116 @@
+"""End to end on the embedded Ray: good and bad inputs, resume, overrides, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pytest
+
+from curation.cli import main
+from curation.errors import ConfigError
+from curation.lake import Lake
+from curation.query import query
+from curation.runner import run_pipeline
+from curation.writer import recover
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _counts(lake: Lake) -> tuple[int, int, int]:
+    return lake.count("videos"), lake.count("clips"), lake.count("failures")
+
+
+def test_demo_videos_cuts_and_clips(demo_videos, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    summary = run_pipeline("default", [os.path.dirname(demo_videos[0].path)], lake, progress=False)
+    assert summary.stats.videos["ok"] == 3
+    rows = {r["uri"]: r for r in query(lake, "select uri, cuts, status, frame_count from videos").to_pylist()}
+    for t in demo_videos:
+        assert rows[t.path]["cuts"] == t.cuts
+        assert rows[t.path]["frame_count"] == t.frame_count
+    clips = query(lake, "select * from clips order by uri, start_frame").to_pylist()
+    assert len(clips) == sum(len(t.shots) for t in demo_videos)  # every demo shot is 2-10 s
+    for c in clips:
+        assert c["shot_start_frame"] <= c["start_frame"] < c["end_frame"] <= c["shot_end_frame"]
+        assert c["clip_id"] == f"{c['video_id']}_{c['start_frame']}_{c['end_frame']}"
+        assert c["start_s"] == pytest.approx(c["start_frame"] / c["fps"])
+    # a rerun adds nothing
+    again = run_pipeline("default", [os.path.dirname(demo_videos[0].path)], lake, progress=False)
+    assert again.skipped == 3 and _counts(lake) == (3, len(clips), 0)
+
+
+def test_bad_inputs_end_as_rows_not_crashes(bad_folder, tmp_path):
+    folder, made = bad_folder
+    lake = Lake(tmp_path / "lake")
+    run_pipeline("default", [folder], lake, progress=False)
+    videos = {os.path.basename(r["uri"]): r for r in query(lake, "select * from videos").to_pylist()}
+    kinds = {}
+    for r in query(lake, "select uri, kind from failures").to_pylist():
+        kinds.setdefault(os.path.basename(r["uri"]), set()).add(r["kind"])
+    assert set(videos) == set(made)  # every regular file is accounted for; the folder.mp4 dir is not
+    odd = 'we\'ird "name" ñandú 视频.mp4'
+    for name, expect in made.items():
+        if expect == "ok" and name != odd:
+            assert videos[name]["status"] == "ok", name
+            assert videos[name]["n_clips"] >= 1, name
+        elif expect == "duplicate":
+            # byte-identical files: one keeps its clips, the other points at it
+            pair = {videos[name]["status"], videos[odd]["status"]}
+            assert pair == {"ok", "duplicate"}
+            assert "duplicate_file" in kinds.get(name, set()) | kinds.get(odd, set())
+        elif expect != "ok":
+            assert expect in kinds.get(name, set()), (name, kinds.get(name))
+    assert videos["rotated.mp4"]["width"] == 96 and videos["rotated.mp4"]["height"] == 160
+    assert "truncated" in kinds["truncated.mp4"]
+    before = _counts(lake)
+    run_pipeline("default", [folder], lake, progress=False)
+    assert _counts(lake) == before
+
+
+def test_overrides_reach_the_stage(demo_videos, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    run_pipeline("default", [demo_videos[0].path], lake, overrides=["split.max_clip_s=1.5",
+                                                                    "split.min_clip_s=1.0"], progress=False)
+    lengths = [r["n"] for r in query(lake, "select end_frame - start_frame as n from clips").to_pylist()]
+    assert lengths and max(lengths) <= 36 and min(lengths) >= 24
+    with pytest.raises(ConfigError, match="no parameter"):
+        run_pipeline("default", [demo_videos[0].path], lake, overrides=["split.nope=1"], progress=False)
+    with pytest.raises(ConfigError, match="not in pipeline"):
+        run_pipeline("default", [demo_videos[0].path], lake, overrides=["caption.x=1"], progress=False)
+
+
+def test_crash_leftovers_are_cleaned_before_rerun(demo_videos, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    run_pipeline("default", [demo_videos[0].path], lake, progress=False)
+    clips = lake.dataset("clips").to_table()
+    # a chunk that wrote its clips but died before its videos row: orphans of an unknown video
+    orphan = clips.set_column(clips.schema.get_field_index("video_id"), "video_id",
+                              pa.array(["deadbeef"] * clips.num_rows))
+    lake.append("clips", orphan)
+    assert recover(lake) == 1
+    assert lake.count("clips") == clips.num_rows
+
+
+def test_retry_failed_reprocesses_and_counts_attempts(bad_folder, tmp_path):
+    folder, _ = bad_folder
+    lake = Lake(tmp_path / "lake")
+    run_pipeline("default", [f"{folder}/empty.mp4", f"{folder}/tiny_64.mp4"], lake, progress=False)
+    run_pipeline("default", [f"{folder}/empty.mp4"], lake, progress=False, retry_failed=True)
+    attempts = sorted(r["attempt"] for r in query(lake, "select attempt from failures").to_pylist())
+    assert attempts == [1, 2]
+    assert lake.count("videos") == 2
+
+
+def test_cli_run_and_sql_json(demo_videos, tmp_path, capsys):
+    lake = str(tmp_path / "lake")
+    assert main(["run", "default", "--input", demo_videos[1].path, "--lake", lake, "--no-progress"]) == 0
+    assert "videos ok 1" in capsys.readouterr().out
+    assert main(["sql", "--lake", lake, "--format", "json", "select uri, cuts from videos"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [{"uri": demo_videos[1].path, "cuts": demo_videos[1].cuts}]
+    assert main(["sql", "--lake", lake, "-f", "csv", "select count(*) as n from clips"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", str(len(demo_videos[1].shots))]
+    assert main(["run", "nope.yaml", "--input", lake, "--lake", lake]) == 2
+    assert "no pipeline file" in capsys.readouterr().err
