@@ -182,9 +182,11 @@ def classify(pairs: list[PairMotion], diag: float, fps: float, p: MotionParams) 
     speeds = [max(abs(v) for v in c.values()) * to_speed for c in per_pair]
     speed = max(abs(v) for v in mean.values()) * to_speed
     if spread >= p.handheld_speed and drift < spread:
-        # Jitter dominates the drift: the more it exceeds the threshold and the drift, the surer.
+        # Jitter dominates the drift: the more it exceeds the threshold and the drift, the surer. With
+        # few pairs the mean of pure jitter is itself noisy (drift/spread ~ 1/sqrt(n)), hence the soft
+        # sqrt(1 - r²) rather than a linear fall-off.
         strength = min(1.0, spread / (2 * p.handheld_speed))
-        return CameraCall("handheld shot", float(strength * (1 - drift / spread) ** 0.5))
+        return CameraCall("handheld shot", float(strength * (1 - (drift / spread) ** 2) ** 0.5))
     if speed < p.static_speed and spread < p.handheld_speed:
         agree = float(np.mean([s < p.static_speed for s in speeds]))
         return CameraCall("static shot", agree * (1 - (speed / p.static_speed) ** 2))

@@ -72,7 +72,8 @@ def decode_clips(rows: Sequence[dict], request: FrameRequest) -> list[ClipFrames
         info = reader.info
         size = None if request.max_side is None else fit_size(info.width, info.height,
                                                                  max_side=request.max_side)
-        wanted = sorted({int(f) for pair in plans.values() for part in pair if part is not None for f in part})
+        wanted = sorted({int(f) for pair in plans.values() for part in pair if part is not None
+                         for f in part})
         try:
             decoded = reader.read(wanted, size)
         except Exception as exc:  # noqa: BLE001
