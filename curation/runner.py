@@ -7,19 +7,22 @@ Runs on an embedded local Ray by default and on a cluster with `address=`."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.inputs import InputFile, discover
 from curation.lake import Lake
 from curation.pipeline import Pipeline, load_pipeline
-from curation.schema import row_schema, rows_to_table
+from curation.schema import FAILURES_SCHEMA, row_schema, rows_to_table
 from curation.stage import Stage, field_meta
 from curation.writer import LakeWriter, WriteStats, recover
 
@@ -174,6 +177,7 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
                          problems=problems)
 
     fields = output_fields(stages)
+    stale = stale_stages([b for b in built if isinstance(b, Stage)], lake)
     if todo:
         init_ray(address, num_cpus)
         writer = LakeWriter(lake, fields, commit_every=pipe.commit_every, attempts=attempts)
@@ -188,8 +192,12 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
         finally:
             writer.commit()
             bar.close()
-        lake.record_producers("clips", {f.name: _producer(f) for f in fields})
         summary.stats = writer.stats
+    if stale and lake.exists("clips"):
+        init_ray(address, num_cpus)
+        summary.steps["rescore"] = rescore(lake, stale, {f.uri for f in todo}, progress)
+    if todo or stale:
+        lake.record_producers("clips", {f.name: _producer(f) for f in fields})
     for step in steps:
         summary.steps[step.name] = step.run(lake)
     summary.seconds = time.monotonic() - t0
@@ -197,10 +205,65 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
 
 
 def _producer(f: pa.Field) -> dict:
-    import json
-
     raw = (f.metadata or {}).get(b"videocurate.producer")
     return json.loads(raw) if raw else {}
+
+
+def stale_stages(stages: list[Stage], lake: Lake) -> list[Stage]:
+    """Column-adding stages whose columns in the lake were produced by another version or other
+    parameters (or are missing): only these are recomputed over clips already in the lake."""
+    if not lake.exists("clips"):
+        return []
+    recorded = lake.producers("clips")
+    canon = lambda d: json.loads(json.dumps(d, sort_keys=True, default=str))  # noqa: E731
+    return [s for s in stages if s.output_fields()
+            and any(recorded.get(f.name) != canon(s.provenance()) for f in s.output_fields())]
+
+
+def rescore(lake: Lake, stages: list[Stage], skip_uris: set[str], progress: bool) -> dict:
+    """Run `stages` over the clips already in the lake (except those of `skip_uris`, just written) and
+    set their columns in place."""
+    fused = fuse_scorers(stages)
+    fields = output_fields(fused)
+    schema = row_schema(fields)
+    base = [f.name for f in schema if f.name in lake.dataset("clips").schema.names and
+            f.name not in {x.name for x in fields}]
+    blocks = []
+    for b in lake.scan("clips", columns=base, batch_size=64):
+        t = pa.Table.from_batches([b])
+        if skip_uris:
+            t = t.filter(pc.invert(pc.is_in(t["uri"], pa.array(sorted(skip_uris)))))
+        if t.num_rows:
+            blocks.append(rows_to_table(t.to_pylist(), schema))
+    if not blocks:
+        return {"clips": 0}
+    names = ["clip_id", *(f.name for f in fields)]
+    done, failed, pending = 0, 0, []
+    bar = _progress(sum(b.num_rows for b in blocks), progress, unit="clip", desc="rescoring")
+    for batch in build_plan(fused, blocks).iter_batches(batch_format="pyarrow", batch_size=256):
+        pending.append(batch.select(names))
+        rows = [r for r in batch.select(["uri", "video_id", "failures"]).to_pylist() if r["failures"]]
+        if rows:
+            now = datetime.now(timezone.utc)
+            items = [{"uri": r["uri"], "video_id": r["video_id"], **f, "attempt": 1, "at": now}
+                     for r in rows for f in r["failures"]]
+            lake.append("failures", rows_to_table(items, FAILURES_SCHEMA))
+            failed += len(items)
+        bar.update(batch.num_rows)
+        if sum(p.num_rows for p in pending) >= 1024:
+            done += _merge(lake, pending)
+            pending = []
+    done += _merge(lake, pending)
+    bar.close()
+    return {"stages": [s.name for s in stages], "clips": done, "clip_failures": failed}
+
+
+def _merge(lake: Lake, parts: list[pa.Table]) -> int:
+    if not parts:
+        return 0
+    table = pa.concat_tables(parts)
+    lake.merge_columns("clips", table, on="clip_id")
+    return table.num_rows
 
 
 def _finish(writer: LakeWriter, todo: list[InputFile]) -> None:
@@ -219,9 +282,9 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, unit: str = "video", desc: str = "curating"):
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="video", desc="curating", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)

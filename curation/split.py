@@ -65,16 +65,16 @@ def make_detectors(params: SplitParams, fps: float) -> list:
 
 
 def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams) -> tuple[list[int], np.ndarray]:
-    """Run the detectors over RGB analysis frames. Returns (cut frames, per-frame Laplacian variance).
+    """Run the detectors over BGR analysis frames. Returns (cut frames, per-frame Laplacian variance).
     Cuts from several detectors are merged; cuts closer than `min_scene_len` keep the earlier one."""
     from scenedetect import FrameTimecode
 
+    fps = float(fps)  # FrameTimecode refuses an int rate
     dets = make_detectors(params, fps)
     sharp: list[float] = []
     found: list[int] = []
     n = 0
-    for n, rgb in enumerate(frames):
-        bgr = np.ascontiguousarray(rgb[..., ::-1])
+    for n, bgr in enumerate(frames):
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         sharp.append(float(cv2.Laplacian(gray, cv2.CV_32F).var()))
         tc = FrameTimecode(n, fps)
@@ -155,7 +155,7 @@ class SplitStage(Stage):
                              rotation=row["rotation"], has_audio=row["has_audio"])
             reader = VideoReader(info.path, backend=self.params.backend, info=info)
             size = fit_size(info.width, info.height, target_width=self.params.analysis_width)
-            cuts, sharp = detect(reader.iter_frames(size), info.fps, self.params)
+            cuts, sharp = detect(reader.iter_frames(size, bgr=True), info.fps, self.params)
         except Exception as exc:  # noqa: BLE001 - becomes a failure row
             return [{**row, "status": "failed", "error": str(exc), "n_clips": 0,
                      "failures": [*(row["failures"] or []), failure(self.name, exc)]}]

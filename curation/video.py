@@ -193,13 +193,14 @@ class VideoReader:
             return None
 
     # ---- streaming -------------------------------------------------------------------------------
-    def iter_frames(self, size: Size | None = None, chunk: int = 32) -> Iterator[np.ndarray]:
-        """Every frame in order, RGB uint8 (H, W, 3), at `size` (display w, h) or native size."""
+    def iter_frames(self, size: Size | None = None, chunk: int = 32, bgr: bool = False) -> Iterator[np.ndarray]:
+        """Every frame in order, uint8 (H, W, 3) RGB (or BGR for OpenCV code), at `size` (display w, h)
+        or native size."""
         done = 0
         if self._decord is not None:
             try:
                 for frame in self._iter_decord(size, chunk):
-                    yield frame
+                    yield np.ascontiguousarray(frame[..., ::-1]) if bgr else frame
                     done += 1
                 return
             except VideoError:
@@ -207,7 +208,7 @@ class VideoReader:
             except Exception:
                 if self.backend == "decord":
                     raise
-        yield from self._iter_pyav(size, skip=done)
+        yield from self._iter_pyav(size, skip=done, fmt="bgr24" if bgr else "rgb24")
 
     def _decord_reader(self, size: Size | None):
         if self.info.rotation:
@@ -222,7 +223,7 @@ class VideoReader:
         for start in range(0, n, chunk):
             yield from vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
-    def _iter_pyav(self, size: Size | None, skip: int = 0) -> Iterator[np.ndarray]:
+    def _iter_pyav(self, size: Size | None, skip: int = 0, fmt: str = "rgb24") -> Iterator[np.ndarray]:
         import av
 
         stored = _stored(size, self.info.rotation)
@@ -234,7 +235,7 @@ class VideoReader:
             try:
                 for frame in container.decode(stream):
                     if index >= skip:
-                        yield _orient(frame.to_ndarray(format="rgb24", **kwargs), self.info.rotation)
+                        yield _orient(frame.to_ndarray(format=fmt, **kwargs), self.info.rotation)
                     index += 1
             except av.error.FFmpegError as exc:
                 if index == 0:
