@@ -29,7 +29,7 @@ def edited(tmp_path_factory):
 def _cuts(path, **params):
     reader = VideoReader(path)
     size = fit_size(reader.info.width, reader.info.height, target_width=256)
-    return detect(reader.iter_frames(size), reader.info.fps, SplitParams(**params))
+    return detect(reader.iter_frames(size, bgr=True), reader.info.fps, SplitParams(**params))
 
 
 @pytest.mark.parametrize("detectors", [["content"], ["adaptive"], ["content", "adaptive"]])
