@@ -114,3 +114,27 @@ def test_cli_run_and_sql_json(demo_videos, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["n", str(len(demo_videos[1].shots))]
     assert main(["run", "nope.yaml", "--input", lake, "--lake", lake]) == 2
     assert "no pipeline file" in capsys.readouterr().err
+
+
+def _with(stages: list[dict]) -> dict:
+    return {"name": "t", "stages": [{"stage": "probe"}, {"stage": "split"}, *stages]}
+
+
+def test_changed_scorer_recomputes_only_its_columns(demo_videos, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    inputs = [demo_videos[0].path]
+    run_pipeline(_with([]), inputs, lake, progress=False)
+    n = lake.count("clips")
+    # a new scorer in the pipeline: old clips get its column, nothing is re-split
+    s = run_pipeline(_with([{"stage": "clarity"}]), inputs, lake, progress=False)
+    assert s.skipped == 1 and s.steps["rescore"]["clips"] == n
+    assert lake.count("clips", "clarity IS NULL") == 0 and lake.count("clips") == n
+    assert lake.producers()["clarity"]["params"]["frames"] == 8
+    before = {r["clip_id"]: r["clarity"] for r in query(lake, "select clip_id, clarity from clips").to_pylist()}
+    # same pipeline again: nothing to do
+    assert "rescore" not in run_pipeline(_with([{"stage": "clarity"}]), inputs, lake, progress=False).steps
+    # a parameter change recomputes that scorer only
+    s = run_pipeline(_with([{"stage": "clarity", "params": {"frames": 3}}]), inputs, lake, progress=False)
+    assert s.steps["rescore"]["stages"] == ["clarity"] and lake.producers()["clarity"]["params"]["frames"] == 3
+    after = {r["clip_id"]: r["clarity"] for r in query(lake, "select clip_id, clarity from clips").to_pylist()}
+    assert after.keys() == before.keys() and after != before
