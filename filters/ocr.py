@@ -15,16 +15,17 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of width 
 
 @dataclass
 class OcrParams:
-    """frames: samples per clip (detection costs ~0.1-0.5 s a frame on one CPU core). max_side: the
-    detector's input size (longer side; small text needs >= 480). box_thresh: detector box score.
+    """frames: samples per clip (detection costs ~0.2-0.35 s a frame at 480-640 px on one CPU core:
+    OCR is by far the costliest offline scorer). max_side: the detector's input size (longer side;
+    text lines under ~10 px at this size are missed). box_thresh: detector box score.
     max_line_height: detected "lines" taller than this share of the frame are dropped (the detector
     fires on some large textures; real text lines are far shorter). subtitle_top: boxes whose centre
     lies below this share of the height may be subtitles; subtitle_persistence: share of sampled
     frames that must hold one for `subtitle_box` to be set. recognize: also read the text into
     `ocr_text` (several times slower). threads: ONNX Runtime threads (None: the stage's num_cpus)."""
 
-    frames: int = 4
-    max_side: int = 640
+    frames: int = 3
+    max_side: int = 480
     box_thresh: float = 0.5
     max_line_height: float = 0.3
     subtitle_top: float = 0.6
