@@ -29,8 +29,9 @@ class ClarityParams:
 class ClarityScorer(Scorer):
     """`clarity` = median over sampled frames of var(Laplacian(Gaussian_sigma(luma))) at `analysis_side`
     (luma 0..255). The median ignores a few frames blurred by fast motion or a fade. Higher is sharper;
-    with the defaults, sharp photographs score ~50-150 and a Gaussian blur of sigma 2 px at 320 px
-    drops that to ~5-15."""
+    with the defaults, sharp photographs score ~20-150 (content-dependent: smooth subjects score low,
+    so compare within similar content or use generous thresholds) and a Gaussian blur of sigma 2 px
+    at 320 px divides the score by ~6-15."""
 
     name = "clarity"
     version = "1"
