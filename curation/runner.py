@@ -100,15 +100,21 @@ def output_fields(stages: list[Stage]) -> list[pa.Field]:
     return fields
 
 
-class _StageActor:
-    """Actor wrapper: builds the stage's heavy state once, then serves batches."""
+def _actor_class(stage: Stage) -> type:
+    """An actor class for a stateful stage: builds the stage's heavy state once, then serves batches.
+    The stage travels inside the class (a closure) rather than as constructor arguments, which Ray
+    would park in the object store."""
 
-    def __init__(self, stage: Stage):
-        self.stage = stage
-        self.stage.ensure_setup()
+    class StageActor:
+        def __init__(self):
+            self.stage = stage
+            self.stage.ensure_setup()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.stage(batch)
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            return self.stage(batch)
+
+    StageActor.__name__ = StageActor.__qualname__ = f"{type(stage).__name__}Actor"
+    return StageActor
 
 
 def _call(stage: Stage, batch: pa.Table) -> pa.Table:
@@ -126,8 +132,9 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
                       zero_copy_batch=False)
         if r.num_gpus:
             common["num_gpus"] = r.num_gpus
-        if s.stateful:
-            ds = ds.map_batches(_StageActor, fn_constructor_args=(s,), concurrency=r.concurrency or 1, **common)
+        if s.stateful:  # an actor pool that grows with the cluster unless the YAML fixes its size
+            pool = r.concurrency or (1, max(1, int(ray.cluster_resources().get("CPU", 1) // max(r.num_cpus, 1))))
+            ds = ds.map_batches(_actor_class(s), concurrency=pool, **common)
         else:
             if r.concurrency:
                 common["concurrency"] = r.concurrency
@@ -166,6 +173,8 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline, list(overrides))
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     built = pipe.build()  # validates every parameter before any work starts
+    for b in built:
+        getattr(b, "validate", lambda: None)()
     stages = fuse_scorers([b for b in built if isinstance(b, Stage)])
     steps = [b for b in built if not isinstance(b, Stage)]
 

@@ -58,6 +58,10 @@ class Stage(ABC):
         """Columns this stage adds to each row (empty for stages that only reshape rows)."""
         return []
 
+    def validate(self) -> None:
+        """Cheap checks of settings (e.g. that a checkpoint path is given and exists), run on the driver
+        before any work starts, so a misconfigured run fails at once with a clear ConfigError."""
+
     def setup(self) -> None:
         """Load heavy state (models). Called once per worker before the first batch."""
 
