@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from curation.errors import ConfigError
 from filters.base import ClipFrames, FrameRequest, Scorer
-from filters.clip_model import clip_embed_dim, embed_frames, load_clip
+from filters.clip_model import check_weights, clip_embed_dim, embed_frames, load_clip
 
 
 @dataclass
@@ -84,6 +84,11 @@ class AestheticScorer(Scorer):
 
     def request(self) -> FrameRequest:
         return FrameRequest(frames=self.params.frames, max_side=self.params.decode_side)
+
+    def validate(self) -> None:
+        check_weights(self.name, self.params.model, self.params.pretrained)
+        if not self.params.head or not os.path.isfile(self.params.head):
+            load_head(self.name, self.params.head, clip_embed_dim(self.name, self.params.model))
 
     def setup(self) -> None:
         p = self.params

@@ -4,6 +4,7 @@ a missing or unloadable checkpoint is a ConfigError naming the stage and the set
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -26,8 +27,8 @@ def clip_embed_dim(stage: str, model_name: str) -> int:
     return int(cfg["embed_dim"])
 
 
-def load_clip(stage: str, model_name: str, pretrained: str | None, device: str = "cpu"):
-    """(model in eval mode, image preprocess) for `model_name` with weights from `pretrained`."""
+def check_weights(stage: str, model_name: str, pretrained: str | None) -> None:
+    """The cheap part of loading: settings present, file exists, architecture known (run on the driver)."""
     if not pretrained:
         raise ConfigError(
             f"stage '{stage}' needs CLIP weights: set parameter 'pretrained' to an open_clip pretrained tag "
@@ -37,6 +38,13 @@ def load_clip(stage: str, model_name: str, pretrained: str | None, device: str =
         raise ConfigError(f"stage '{stage}': parameter 'pretrained' points to {pretrained!r}, "
                           f"which is not a file")
     clip_embed_dim(stage, model_name)
+
+
+@functools.lru_cache(maxsize=4)
+def load_clip(stage: str, model_name: str, pretrained: str | None, device: str = "cpu"):
+    """(model in eval mode, image preprocess) for `model_name` with weights from `pretrained`. Cached per
+    process, so scorers sharing one CLIP (embedding and aesthetic) hold one copy."""
+    check_weights(stage, model_name, pretrained)
     import open_clip
 
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from filters.base import ClipFrames, FrameRequest, Scorer
-from filters.clip_model import clip_embed_dim, embed_frames, load_clip
+from filters.clip_model import check_weights, clip_embed_dim, embed_frames, load_clip
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -46,6 +46,9 @@ class ClipEmbeddingScorer(Scorer):
 
     def request(self) -> FrameRequest:
         return FrameRequest(frames=self.params.frames, max_side=self.params.decode_side)
+
+    def validate(self) -> None:
+        check_weights(self.name, self.params.model, self.params.pretrained)
 
     def setup(self) -> None:
         p = self.params

@@ -138,3 +138,14 @@ def test_changed_scorer_recomputes_only_its_columns(demo_videos, tmp_path):
     assert s.steps["rescore"]["stages"] == ["clarity"] and lake.producers()["clarity"]["params"]["frames"] == 3
     after = {r["clip_id"]: r["clarity"] for r in query(lake, "select clip_id, clarity from clips").to_pylist()}
     assert after.keys() == before.keys() and after != before
+
+
+def test_model_stage_without_weights_fails_before_any_work(demo_videos, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    with pytest.raises(ConfigError, match="'clip_embedding' needs CLIP weights"):
+        run_pipeline("hunyuan", [demo_videos[0].path], lake, progress=False)
+    assert not lake.exists("videos")
+    (tmp_path / "x.pt").write_bytes(b"")  # present (validate does not load it): now aesthetic complains
+    with pytest.raises(ConfigError, match="stage 'aesthetic'"):
+        run_pipeline("hunyuan", [demo_videos[0].path], lake, progress=False,
+                     overrides=[f"clip_embedding.pretrained={tmp_path}/x.pt"])
