@@ -28,9 +28,13 @@ def run_demo(out: str, num_cpus: int | None = None, pipeline: str = "default") -
         print(f"  {os.path.basename(t.path):20s} known {t.cuts}  found {got}")
     print(f"  {hits}/{total} known cuts found within ±1 frame")
 
-    sql = ("select regexp_extract(v.uri, '[^/]+$') as video, count(*) as clips, "
-           "round(sum(c.duration_clip_s), 1) as seconds "
-           "from clips c join videos v using (video_id) group by all order by video")
+    cols = set(query(lake, "select * from clips limit 0").column_names)
+    wanted = {"clarity": "round(clarity::double, 1) as clarity", "camera_motion": "camera_motion",
+              "motion": "round(motion::double, 3) as motion", "text_area": "round(text_area::double, 3) as text_area",
+              "is_duplicate": "is_duplicate"}
+    extra = [expr for col, expr in wanted.items() if col in cols]
+    sql = ("select regexp_extract(uri, '[^/]+$') as video, start_frame, end_frame, "
+           + ", ".join(extra or ["duration_clip_s"]) + " from clips order by video, start_frame")
     print(f"\n$ videocurate sql --lake {lake} \"{sql}\"")
     print(render(query(lake, sql)))
     print(f"\nlake: {lake}  (try: videocurate sql --lake {lake} \"select * from clips limit 5\")")
