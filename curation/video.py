@@ -19,6 +19,8 @@ Size = tuple[int, int]  # (width, height) in display orientation
 # Containers FFmpeg opens but that hold a still image, not a video.
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe", "mjpeg")
 _IMAGE_CODECS = ("png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpeg2000")
+# Containers whose frame index decord reads correctly (checked frame-exact against PyAV in the tests).
+_DECORD_CONTAINERS = ("mov", "matroska", "avi")
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,10 @@ class VideoReader:
         self.backend = backend
         self._decord = None
         # decord applies display rotation itself at native size but mangles rotated frames when asked
-        # for another size (4 channels, wrong shape): rotated videos always go through PyAV.
-        if backend == "decord" or (backend == "auto" and self.info.rotation == 0):
+        # for another size (4 channels, wrong shape), and its index-based reads land on the wrong frames
+        # in containers without a frame index (MPEG-TS: 12 frames off in tests): those go through PyAV.
+        trusted = self.info.container.split(",")[0] in _DECORD_CONTAINERS
+        if backend == "decord" or (backend == "auto" and self.info.rotation == 0 and trusted):
             self._decord = self._open_decord(required=backend == "decord")
 
     def _open_decord(self, required: bool):

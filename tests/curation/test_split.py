@@ -41,10 +41,14 @@ def test_every_cut_found_no_extra(edited, detectors):
         assert abs(found - known) <= 1
 
 
-def test_cuts_on_another_codec_and_rate(tmp_path):
-    truth = synth.make_video(tmp_path / "e.webm", SHOTS[:4], size=(256, 144), fps=30, codec="libvpx",
-                             pix_fmt="yuv420p")
-    cuts, _ = _cuts(truth.path)
+@pytest.mark.parametrize("name,codec,fps", [("e.webm", "libvpx", 30.0), ("e.mpg", "mpeg2video", 25.0),
+                                            ("e.avi", "mpeg4", 24.0), ("e.mkv", "libx264", 23.976),
+                                            ("e.ts", "mpeg2video", 25.0)])
+def test_cuts_on_other_codecs_containers_and_rates(tmp_path, name, codec, fps):
+    truth = synth.make_video(tmp_path / name, SHOTS[:4], size=(320, 240), fps=fps, codec=codec,
+                             bit_rate=2_000_000)
+    cuts, sharp = _cuts(truth.path)
+    assert len(sharp) == truth.frame_count
     assert cuts == pytest.approx(truth.cuts, abs=1)
 
 

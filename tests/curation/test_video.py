@@ -93,3 +93,23 @@ def test_truncated_file_decodes_what_it_has(bad_folder):
     info = probe(f"{folder}/truncated.mp4")
     frames = list(VideoReader(info.path).iter_frames((80, 48)))
     assert 10 < len(frames) < info.frame_count
+
+
+@pytest.mark.parametrize("name,codec", [("c.mp4", "libx264"), ("c.mkv", "libx264"), ("c.webm", "libvpx"),
+                                        ("c.avi", "mpeg4")])
+def test_decord_is_frame_exact_where_trusted(tmp_path, name, codec):
+    # every frame differs (a fast pan), so an off-by-one read shows
+    truth = synth.make_video(tmp_path / name, [synth.Shot("astronaut", 90, pan=(3, 1))], size=(160, 96),
+                             codec=codec, bit_rate=3_000_000)
+    idx = [0, 37, 38, 89, 12]
+    a = VideoReader(truth.path, backend="decord").read(idx, (80, 48)).astype(int)
+    b = VideoReader(truth.path, backend="pyav").read(idx, (80, 48)).astype(int)
+    diffs = [np.abs(x - y).mean() for x, y in zip(a, b)]
+    assert max(diffs) < 4, diffs
+    assert np.abs(a[1] - a[2]).mean() > 2 * max(diffs)  # neighbouring frames are told apart
+
+
+def test_mpeg_ts_goes_through_pyav(tmp_path):
+    truth = synth.make_video(tmp_path / "t.ts", [synth.Shot("coffee", 30)], size=(160, 96), fps=25,
+                             codec="mpeg2video", bit_rate=2_000_000)
+    assert VideoReader(truth.path)._decord is None
