@@ -26,9 +26,12 @@ def _walk(root: str) -> Iterable[str]:
                 yield os.path.join(dirpath, name)
 
 
-def discover(paths: Iterable[str], extensions: Iterable[str] | None = None) -> tuple[list[InputFile], list[str]]:
-    """Return (input files, problems). A path that matches nothing is reported, not fatal."""
+def discover(paths: Iterable[str], extensions: Iterable[str] | None = None,
+             exclude: Iterable[str] = ()) -> tuple[list[InputFile], list[str]]:
+    """Return (input files, problems). A path that matches nothing is reported, not fatal. Files under
+    an `exclude` directory (the lake itself, when it sits inside an input folder) are never inputs."""
     exts = {e.lower().lstrip(".") for e in extensions} if extensions else None
+    skip = tuple(os.path.join(os.path.abspath(e), "") for e in exclude)
     seen: dict[str, InputFile] = {}
     problems: list[str] = []
     for raw in paths:
@@ -41,6 +44,8 @@ def discover(paths: Iterable[str], extensions: Iterable[str] | None = None) -> t
                 if exts is not None and os.path.splitext(c)[1].lower().lstrip(".") not in exts:
                     continue
                 path = os.path.abspath(c)
+                if skip and path.startswith(skip):
+                    continue
                 try:
                     st = os.stat(path)
                 except OSError as exc:

@@ -178,7 +178,7 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     stages = fuse_scorers([b for b in built if isinstance(b, Stage)])
     steps = [b for b in built if not isinstance(b, Stage)]
 
-    files, problems = discover(inputs, extensions)
+    files, problems = discover(inputs, extensions, exclude=[lake.root])
     recover(lake)
     done, attempts = _already_done(lake, retry_failed)
     todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in done]
