@@ -1,9 +1,9 @@
 """Letterbox / pillarbox bars: the content box is found to ±2 native pixels."""
 
 import pytest
-from filter_media import frames_for
 
 from curation.synth import Shot
+from filter_media import frames_for
 from filters.borders import BorderScorer
 
 

@@ -1,9 +1,9 @@
 """Clarity: blur lowers it clearly; the same picture scores alike at two resolutions."""
 
 import cv2
-from filter_media import frames_for, reencode
 
 from curation.synth import Shot
+from filter_media import frames_for, reencode
 from filters.clarity import ClarityScorer
 
 

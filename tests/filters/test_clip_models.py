@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from filter_media import clip_row, frames_for, table
 
 from curation.errors import ConfigError
 from curation.synth import Shot
+from filter_media import clip_row, frames_for, table
 from filters.aesthetic import AestheticParams, AestheticScorer, build_head
 from filters.embedding import ClipEmbeddingParams, ClipEmbeddingScorer
 from filters.sampling import ScoreGroup

@@ -2,9 +2,9 @@
 closer to its original than to any other clip."""
 
 import numpy as np
-from filter_media import frames_for, reencode
 
 from curation.synth import Shot
+from filter_media import frames_for, reencode
 from filters.embedding import PerceptualEmbeddingScorer
 
 CLIPS = {

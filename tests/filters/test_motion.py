@@ -2,9 +2,9 @@
 known pixels per frame, and the motion speed's independence of resolution and frame rate."""
 
 import pytest
-from filter_media import frames_for
 
 from curation.synth import Shot
+from filter_media import frames_for
 from filters.motion import CAMERA_CLASSES, MotionParams, MotionScorer
 
 MOVES = [  # (Shot kwargs, expected label)

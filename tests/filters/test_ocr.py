@@ -1,9 +1,8 @@
 """Burned-in text: found where it was rendered (IoU >= 0.5), flagged as a subtitle band, and absent
 text gives text_area 0."""
 
-from filter_media import frames_for, iou
-
 from curation.synth import Shot
+from filter_media import frames_for, iou
 from filters.ocr import OcrParams, OcrScorer
 
 OCR = OcrScorer(OcrParams(frames=3))  # module-level: the ONNX engine loads once for these tests

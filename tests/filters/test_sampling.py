@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pyarrow as pa
-from filter_media import clip_row, table
 
 from curation.synth import Shot
 from curation.video import VideoReader
+from filter_media import clip_row, table
 from filters.base import ClipFrames, FrameRequest, merge_requests
 from filters.borders import BorderScorer
 from filters.clarity import ClarityScorer
