@@ -113,7 +113,9 @@ class ResnetBlock3d(nn.Module):
         self.conv1 = CausalConv3d(in_channels, out_channels, 3)
         self.norm2 = FrameGroupNorm(groups, out_channels, eps=1e-6)
         self.conv2 = CausalConv3d(out_channels, out_channels, 3)
-        self.shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.shortcut = (
+            nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -389,7 +391,9 @@ class CausalVAE(nn.Module):
     def decode(self, z: torch.Tensor, tile: TileConfig | None = None) -> torch.Tensor:
         """Latents [B, C, 1+n, h, w] -> video [B, 3, 1+4n, 8h, 8w]; tiled like ``encode``."""
         if z.ndim != 5 or z.shape[1] != self.config.latent_channels:
-            raise ValueError(f"latents must be [B, {self.config.latent_channels}, T, h, w], got {tuple(z.shape)}")
+            raise ValueError(
+                f"latents must be [B, {self.config.latent_channels}, T, h, w], got {tuple(z.shape)}"
+            )
         latent_tile = tile.latent_size(self.config.spatial_compression) if tile is not None else 0
         if tile is not None and max(z.shape[-2:]) > latent_tile:
             return _tiled_apply(self._decode, z, latent_tile, tile.overlap, self.config.spatial_compression)
