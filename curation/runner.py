@@ -190,7 +190,8 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     if todo:
         init_ray(address, num_cpus)
         writer = LakeWriter(lake, fields, commit_every=pipe.commit_every, attempts=attempts)
-        ds = build_plan(stages, input_blocks(todo, row_schema(fields)))
+        per_block = max(1, -(-len(todo) // 4000))  # one video per task until the plan gets too long
+        ds = build_plan(stages, input_blocks(todo, row_schema(fields), per_block))
         bar = _progress(len(todo), progress)
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

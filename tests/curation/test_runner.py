@@ -149,3 +149,47 @@ def test_model_stage_without_weights_fails_before_any_work(demo_videos, tmp_path
     with pytest.raises(ConfigError, match="stage 'aesthetic'"):
         run_pipeline("hunyuan", [demo_videos[0].path], lake, progress=False,
                      overrides=[f"clip_embedding.pretrained={tmp_path}/x.pt"])
+
+
+def test_kill_9_mid_run_then_rerun_equals_a_clean_run(tmp_path):
+    """A real crash: the CLI is killed with SIGKILL after its first commits; the rerun completes the
+    lake with no duplicate and no lost row."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from curation import synth
+
+    videos = tmp_path / "in"
+    videos.mkdir()
+    n = 16
+    for i in range(n):
+        synth.make_video(videos / f"v{i:02d}.mp4", [synth.Shot("astronaut", 30, pan=(i * 0.1, 0)),
+                                                    synth.Shot("coffee", 30, pan=(0, i * 0.1))],
+                         size=(128, 72), fps=15)
+    pipe = {"name": "t", "commit_every": 1, "stages": [{"stage": "probe"}, {"stage": "split", "params": {
+        "min_clip_s": 1.0}}]}
+    yaml_path = tmp_path / "p.yaml"
+    import yaml
+
+    yaml_path.write_text(yaml.safe_dump(pipe))
+    lake = Lake(tmp_path / "lake")
+    def cli(root: str) -> list[str]:
+        return [sys.executable, "-m", "curation.cli", "run", str(yaml_path), "-i", str(videos), "-l", root,
+                "--no-progress", "--num-cpus", "1"]
+
+    cmd = cli(lake.root)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while lake.count("videos") < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 0 < lake.count("videos") < n, "the kill did not land mid-run"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean = Lake(tmp_path / "clean")
+    subprocess.run(cli(clean.root), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sql = "select clip_id from clips order by clip_id"
+    assert query(lake, sql).to_pylist() == query(clean, sql).to_pylist()
+    assert _counts(lake) == _counts(clean) == (n, 2 * n, 0)
