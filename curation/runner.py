@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +23,7 @@ from curation.lake import Lake
 from curation.pipeline import Pipeline, load_pipeline
 from curation.schema import FAILURES_SCHEMA, row_schema, rows_to_table
 from curation.stage import Stage, field_meta
-from curation.writer import LakeWriter, WriteStats, recover
+from curation.writer import LakeWriter, WriteStats, failure_rows, recover
 
 log = logging.getLogger("videocurate")
 
@@ -252,11 +251,8 @@ def rescore(lake: Lake, stages: list[Stage], skip_uris: set[str], progress: bool
     bar = _progress(sum(b.num_rows for b in blocks), progress, unit="clip", desc="rescoring")
     for batch in build_plan(fused, blocks).iter_batches(batch_format="pyarrow", batch_size=256):
         pending.append(batch.select(names))
-        rows = [r for r in batch.select(["uri", "video_id", "failures"]).to_pylist() if r["failures"]]
-        if rows:
-            now = datetime.now(timezone.utc)
-            items = [{"uri": r["uri"], "video_id": r["video_id"], **f, "attempt": 1, "at": now}
-                     for r in rows for f in r["failures"]]
+        items = failure_rows(batch.select(["uri", "video_id", "failures"]).to_pylist())
+        if items:
             lake.append("failures", rows_to_table(items, FAILURES_SCHEMA))
             failed += len(items)
         bar.update(batch.num_rows)

@@ -96,11 +96,7 @@ class LakeWriter:
                 self._known_ids[video["video_id"]] = video["uri"]
                 clips.extend(r for r in rows if r.get("clip_id") is not None)
             videos.append(video)
-            attempt = self.attempts.get(video["uri"], 1)
-            for r in rows:
-                for f in r.get("failures") or []:
-                    failures.append({"uri": r["uri"], "video_id": r.get("video_id"), **f,
-                                     "attempt": attempt, "at": now})
+            failures.extend(failure_rows(rows, self.attempts.get(video["uri"], 1), now))
         if failures:
             self.lake.append("failures", rows_to_table(failures, FAILURES_SCHEMA))
         if clips:
@@ -120,6 +116,13 @@ class LakeWriter:
         if video["status"] is None:
             video["status"] = "failed"
         return video
+
+
+def failure_rows(rows: list[dict], attempt: int = 1, now: datetime | None = None) -> list[dict]:
+    """`failures` table rows from the failure items carried by in-flight rows."""
+    now = now or datetime.now(timezone.utc)
+    return [{"uri": r["uri"], "video_id": r.get("video_id"), **f, "attempt": attempt, "at": now}
+            for r in rows for f in r.get("failures") or []]
 
 
 def _quoted(values: list[str]) -> str:
