@@ -193,7 +193,10 @@ def child(argv: list[str]) -> None:
         res = phase_faiss(a.lake, a.labels, a.nprobe)
     else:
         res = phase_exact(a.lake, a.subset, a.labels)
-    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    res["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    # CPU seconds next to wall: the 2 cores are shared, so wall time alone depends on the neighbours
+    res["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
     print(json.dumps(res, default=str))
 
 
