@@ -1,0 +1,269 @@
+"""Training throughput of the video DiT against diffusers' HunyuanVideoTransformer3DModel (same config,
+same process, interleaved rounds), plus GPU-only bf16 MFU and VAE tiled-decode peak memory.
+
+    python benchmarks/bench_training.py [--rounds 5] [--out benchmarks/RESULTS_training.md]
+
+Tokens/s counts video tokens through one forward + backward (batch 1). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.dit import DiTConfig, VideoDiT  # noqa: E402
+from training.text_encoder import TextCondition  # noqa: E402
+from training.vae import CausalVAE, TileConfig, VAEConfig  # noqa: E402
+
+# name -> (config, latent shape [C, T, H, W], text length)
+SIZES: dict[str, tuple[DiTConfig, tuple[int, int, int, int], int]] = {
+    "tiny (h64, 1+1 blocks)": (
+        DiTConfig(hidden_size=64, num_heads=4, depth_double=1, depth_single=1, text_dim=64, pooled_dim=64),
+        (16, 5, 16, 16),
+        16,
+    ),
+    "small (h256, 2+4 blocks)": (
+        DiTConfig(hidden_size=256, num_heads=4, depth_double=2, depth_single=4, text_dim=256, pooled_dim=256),
+        (16, 5, 16, 16),
+        16,
+    ),
+}
+
+
+def _inputs(cfg: DiTConfig, shape: tuple[int, ...], text_len: int, device: str, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, *shape, generator=g).to(device, dtype)
+    tokens = torch.randn(1, text_len, cfg.text_dim, generator=g).to(device, dtype)
+    mask = torch.ones(1, text_len, dtype=torch.bool, device=device)
+    mask[:, text_len * 3 // 4 :] = False  # realistic padding: both models take the masked path
+    pooled = torch.randn(1, cfg.pooled_dim, generator=g).to(device, dtype)
+    t = torch.full((1,), 0.5, device=device)
+    return x, t, TextCondition(tokens, mask, pooled)
+
+
+def ours_step(
+    cfg: DiTConfig, shape, text_len: int, device: str = "cpu"
+) -> tuple[nn.Module, Callable[[], None]]:
+    torch.manual_seed(0)
+    model = VideoDiT(cfg).to(device)
+    x, t, cond = _inputs(cfg, shape, text_len, device, torch.float32)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x, t, cond).float().pow(2).mean().backward()
+
+    return model, step
+
+
+def diffusers_step(cfg: DiTConfig, shape, text_len: int, device: str = "cpu"):
+    """The same architecture in diffusers, or None when diffusers is not installed."""
+    try:
+        from diffusers import HunyuanVideoTransformer3DModel
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.head_dim,
+        num_layers=cfg.depth_double,
+        num_single_layers=cfg.depth_single,
+        num_refiner_layers=cfg.refiner_depth,
+        mlp_ratio=cfg.mlp_ratio,
+        patch_size=cfg.patch_size[1],
+        patch_size_t=cfg.patch_size[0],
+        guidance_embeds=False,
+        text_embed_dim=cfg.text_dim,
+        pooled_projection_dim=cfg.pooled_dim,
+        rope_axes_dim=cfg.axes,
+    ).to(device)
+    x, t, cond = _inputs(cfg, shape, text_len, device, torch.float32)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model(x, t * 1000, cond.tokens, cond.mask.long(), cond.pooled, return_dict=False)[0]
+        out.float().pow(2).mean().backward()
+
+    return model, step
+
+
+def _time(step: Callable[[], None], iters: int) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - start) / iters
+
+
+def compare_cpu(rounds: int, iters: int) -> list[dict[str, object]]:
+    rows = []
+    for name, (cfg, shape, text_len) in SIZES.items():
+        tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
+        ours_model, ours = ours_step(cfg, shape, text_len)
+        peer = diffusers_step(cfg, shape, text_len)
+        ours(), ours()  # warm-up
+        if peer is not None:
+            peer[1](), peer[1]()
+        ours_t, peer_t = [], []
+        for _ in range(rounds):  # interleaved so background load hits both alike
+            ours_t.append(_time(ours, iters))
+            if peer is not None:
+                peer_t.append(_time(peer[1], iters))
+        ours_tps = tokens / statistics.median(ours_t)
+        peer_tps = tokens / statistics.median(peer_t) if peer_t else None
+        rows.append(
+            {
+                "size": name,
+                "params_ours": sum(p.numel() for p in ours_model.parameters()),
+                "params_peer": sum(p.numel() for p in peer[0].parameters()) if peer else None,
+                "tokens": tokens,
+                "ours": ours_tps,
+                "peer": peer_tps,
+            }
+        )
+    return rows
+
+
+def _linear_flops(model: nn.Module, run: Callable[[], None]) -> float:
+    """Forward FLOPs of all Linear/Conv3d layers for one call of ``run`` (2 * MACs), via hooks."""
+    total = [0.0]
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        total[0] += 2.0 * out.numel() * (mod.weight.numel() // mod.weight.shape[0])
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv3d))
+    ]
+    with torch.no_grad():
+        run()
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
+def gpu_mfu(peak_tflops: float, depth: tuple[int, int]) -> dict[str, float]:
+    """bf16 forward+backward MFU of a HunyuanVideo-width DiT at 256x256 x 33 frames (latent 9x32x32)."""
+    cfg = DiTConfig(depth_double=depth[0], depth_single=depth[1])
+    shape, text_len = (16, 9, 32, 32), 256
+    model = VideoDiT(cfg).cuda().to(torch.bfloat16)
+    x, t, cond = _inputs(cfg, shape, text_len, "cuda", torch.bfloat16)
+    cond = TextCondition(cond.tokens, torch.ones_like(cond.mask), cond.pooled)  # no padding: flash path
+    n_video = 9 * 16 * 16
+    seq = n_video + text_len
+    fwd = _linear_flops(model, lambda: model(x, t, cond))
+    fwd += (depth[0] + depth[1]) * 4.0 * seq * seq * cfg.hidden_size  # QK^T and AV
+    fwd += cfg.refiner_depth * 4.0 * text_len * text_len * cfg.hidden_size
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x, t, cond).float().pow(2).mean().backward()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    iters = 10
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    sec = (time.perf_counter() - start) / iters
+    achieved = 3 * fwd / sec / 1e12
+    return {"step_s": sec, "tflops": achieved, "mfu": achieved / peak_tflops, "tokens_per_s": n_video / sec}
+
+
+def gpu_vae_decode_memory() -> dict[str, float]:
+    """Peak memory of a tiled bf16 decode of 720x1280 x 129 frames (latent 16 x 33 x 90 x 160)."""
+    vae = CausalVAE(VAEConfig()).cuda().to(torch.bfloat16).eval()
+    z = torch.randn(1, 16, 33, 90, 160, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        video = vae.decode(z, TileConfig(256, 0.25))
+    torch.cuda.synchronize()
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "shape": tuple(video.shape),
+    }
+
+
+def markdown(rows: list[dict[str, object]], gpu: dict[str, object] | None, command: str) -> str:
+    lines = [
+        "# Training benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "",
+        "DiT forward+backward, batch 1, fp32 on CPU, video tokens/s (median of interleaved rounds):",
+        "",
+        "| size | params (ours / diffusers) | video tokens | ours tok/s | diffusers tok/s "
+        "| ours / diffusers |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        peer = f"{r['peer']:.0f}" if r["peer"] else "n/a (diffusers not installed)"
+        ratio = f"{r['ours'] / r['peer']:.2f}x" if r["peer"] else "n/a"
+        params = f"{r['params_ours'] / 1e6:.2f}M / " + (
+            f"{r['params_peer'] / 1e6:.2f}M" if r["params_peer"] else "n/a"
+        )
+        lines.append(f"| {r['size']} | {params} | {r['tokens']} | {r['ours']:.0f} | {peer} | {ratio} |")
+    lines.append("")
+    if gpu:
+        lines += [
+            "GPU:",
+            "",
+            "| measurement | value |",
+            "| --- | --- |",
+            f"| DiT bf16 MFU, 256x256x33f, {gpu['depth']} | {gpu['mfu']['mfu'] * 100:.1f}% "
+            f"({gpu['mfu']['tflops']:.0f} TFLOP/s, {gpu['mfu']['tokens_per_s']:.0f} video tok/s) |",
+            f"| VAE tiled decode 720x1280x129f bf16 peak memory | {gpu['vae']['peak_gib']:.1f} GiB "
+            f"({gpu['vae']['seconds']:.1f} s) |",
+        ]
+    else:
+        lines.append(
+            "GPU rows (bf16 MFU at 256p x 33 frames, VAE tiled decode peak memory at 720p x 129 frames):"
+        )
+        lines.append("not measured: no CUDA device in this run.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--gpu-depth", default="2,4", help="dual,single blocks of the 3072-wide DiT for MFU")
+    args = ap.parse_args()
+    rows = compare_cpu(args.rounds, args.iters)
+    gpu = None
+    if torch.cuda.is_available():
+        depth = tuple(int(v) for v in args.gpu_depth.split(","))
+        gpu = {
+            "depth": f"{depth[0]}+{depth[1]} blocks, 3072 wide",
+            "mfu": gpu_mfu(args.peak_tflops, depth),
+            "vae": gpu_vae_decode_memory(),
+        }
+    command = "python " + " ".join(sys.argv)
+    table = markdown(rows, gpu, command)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
