@@ -92,15 +92,21 @@ class Lake:
             ds.delete(where)
 
     def merge_columns(self, table: str, data: pa.Table, on: str) -> None:
-        """Set columns of existing rows from `data`, matched on key `on` (new columns are added)."""
+        """Set columns of existing rows from `data`, matched on key `on`.
+
+        Columns the table has never had are joined in as new column files (`LanceDataset.merge`): no
+        existing row is rewritten, row order and vector indices stay valid. Columns it already has are
+        updated with merge_insert, which rewrites the matched rows."""
         ds = self.dataset(table)
         if ds is None or data.num_rows == 0:
             return
-        new = [f for f in data.schema if ds.schema.get_field_index(f.name) < 0]
+        new = [f.name for f in data.schema if f.name != on and ds.schema.get_field_index(f.name) < 0]
+        old = [f.name for f in data.schema if f.name != on and f.name not in new]
         if new:
-            ds.add_columns(new)
+            ds.merge(data.select([on, *new]), left_on=on)
             ds = self.dataset(table)
-        ds.merge_insert(on).when_matched_update_all().execute(data)
+        if old:
+            ds.merge_insert(on).when_matched_update_all().execute(data.select([on, *old]))
 
     def scan(self, table: str, columns: list[str] | None = None, where: str | None = None,
              batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
