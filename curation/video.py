@@ -142,6 +142,14 @@ def _duration_s(container, stream) -> float:
     return 0.0
 
 
+def _counts_agree(info: VideoInfo) -> bool:
+    """Whether the container's frame count matches its presented duration (no trimming edit list)."""
+    if info.duration_s <= 0 or info.frame_count <= 0:
+        return True
+    expected = info.duration_s * info.fps
+    return abs(info.frame_count - expected) <= max(1.5, 0.01 * expected)
+
+
 def fit_size(width: int, height: int, target_width: int | None = None, max_side: int | None = None) -> Size:
     """An even-sized (w, h) with the same aspect: scaled to `target_width`, or so the longer side is at
     most `max_side`. Never upscales."""
@@ -181,7 +189,9 @@ class VideoReader:
         # decord applies display rotation itself at native size but mangles rotated frames when asked
         # for another size (4 channels, wrong shape), and its index-based reads land on the wrong frames
         # in containers without a frame index (MPEG-TS: 12 frames off in tests): those go through PyAV.
-        trusted = self.info.container.split(",")[0] in _DECORD_CONTAINERS
+        # An MP4 whose edit list trims frames (e.g. cut with `ffmpeg -ss ... -c copy`) holds more samples
+        # than it presents: decord counts them all and pads its tail with copies of the last frame.
+        trusted = self.info.container.split(",")[0] in _DECORD_CONTAINERS and _counts_agree(self.info)
         if backend == "decord" or (backend == "auto" and self.info.rotation == 0 and trusted):
             self._decord = self._open_decord(required=backend == "decord")
 

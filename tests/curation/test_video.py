@@ -113,3 +113,16 @@ def test_mpeg_ts_goes_through_pyav(tmp_path):
     truth = synth.make_video(tmp_path / "t.ts", [synth.Shot("coffee", 30)], size=(160, 96), fps=25,
                              codec="mpeg2video", bit_rate=2_000_000)
     assert VideoReader(truth.path)._decord is None
+
+
+def test_edit_list_trimmed_mp4_counts_like_ffmpeg(tmp_path):
+    import media
+
+    src = synth.make_video(tmp_path / "src.mp4", [synth.Shot("astronaut", 48, pan=(3, 0)),
+                                                  synth.Shot("coffee", 48, pan=(0, 2))], size=(160, 96))
+    cut = str(tmp_path / "cut.mp4")
+    media._run("-ss", "0.5", "-i", src.path, "-c", "copy", cut)  # starts mid-GOP: an edit list trims 12
+    frames = list(VideoReader(cut).iter_frames((80, 48)))
+    assert len(frames) == 84  # what FFmpeg presents (decord alone would say 96, padding the tail)
+    first = VideoReader(src.path, backend="pyav").read([12], (80, 48))[0].astype(int)
+    assert np.abs(frames[0].astype(int) - first).mean() < 4
