@@ -17,6 +17,8 @@ from curation.stage import ClipStage, Resources, append_columns, failure, field_
 from curation.video import VideoInfo, VideoReader, fit_size
 from filters.base import ClipFrames, FrameRequest, Scorer, even_positions, merge_requests
 
+CLIPS_PER_BATCH = 16
+
 
 def sample_indices(start: int, end: int, k: int, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """`k` evenly spaced frame numbers in [start, end) and, with `pairs`, the frame after each (so the
@@ -151,8 +153,11 @@ class ScoreGroup(ClipStage):
         super().__init__(None, resources)
         self.scorers = list(scorers)
         if resources is None and self.scorers:  # a worker must hold what its hungriest scorer needs
+            # Batches of a few clips bound the decoded frames held at once (a long video's block can
+            # hold hundreds of clips: 16 clips x 16 frames at 640 px is ~180 MB).
             self.resources = Resources(num_cpus=max(s.resources.num_cpus for s in self.scorers),
-                                       num_gpus=max(s.resources.num_gpus for s in self.scorers))
+                                       num_gpus=max(s.resources.num_gpus for s in self.scorers),
+                                       batch_size=CLIPS_PER_BATCH)
         seen: dict[str, str] = {}
         for s in self.scorers:
             for f in s.output_fields():
