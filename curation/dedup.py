@@ -7,10 +7,20 @@ Columns written to `clips` (rows with a null embedding are left null):
   is_duplicate  bool    false for the kept clip (and singletons), true for the others.
   dup_of        string  clip_id of the kept clip for duplicates, null for kept clips.
 
-Candidates come from exact brute force in NumPy blocks for small tables and from a Lance IVF_FLAT index
-(batched k-NN queries) above `exact_max_rows`; either way the final decision is an exact cosine on the
-float32 vectors. Groups are the connected components of the duplicate graph (what union-find computes),
-so running incrementally gives the same groups as one run over everything."""
+Candidate pairs come from one of three searches; the final decision is always an exact float32 cosine.
+  exact  brute force in NumPy blocks (every new clip × every clip); `auto` picks it up to `exact_max_rows`.
+  index  a bucketed self-join driven by the IVF model of the Lance vector index on the column: every
+         vector is assigned to its `nprobes` nearest centroids (primary bucket = nearest), and per bucket
+         one float32 GEMM compares the vectors whose top-p list holds the bucket against the vectors whose
+         primary bucket it is. A pair (i, j) is found when primary(j) is in top-p(i) or primary(i) in
+         top-p(j); near-copies almost always share a bucket that way (recall in RESULTS_dedup.md).
+         Vectors are held as one float16 copy (n × d × 2 bytes: 1 GB at 1M × 512), candidates are taken
+         at the threshold minus the float16 error bound and re-scored from float32 in a second scan.
+         Incremental runs compare only pairs with a new clip on one side.
+  knn    the earlier path: batched k-NN queries per clip through the Lance index (slower, kept for
+         comparison; needs the index to cover every row).
+Groups are the connected components of the duplicate graph (what union-find computes), so running
+incrementally gives the same groups as one run over everything."""
 
 from __future__ import annotations
 
@@ -35,9 +45,15 @@ KEY = "clip_id"
 OUTPUT_COLUMNS = ("dup_group", "is_duplicate", "dup_of")
 OUTPUT_FIELDS = [pa.field("dup_group", pa.string()), pa.field("is_duplicate", pa.bool_()),
                  pa.field("dup_of", pa.string())]
-METHODS = ("auto", "exact", "index")
+METHODS = ("auto", "exact", "index", "knn")
 # Params that change the answer: results recorded under other values are recomputed from scratch.
 SEMANTIC_PARAMS = ("column", "threshold", "keep_by")
+# |float16 dot - float32 dot| for unit vectors: each product carries <= 2 * 2**-11 relative error and
+# sum |x_i y_i| <= 1 (Cauchy-Schwarz), so 2**-10 plus float32 accumulation; 2e-3 leaves room to spare.
+FP16_MARGIN = 2e-3
+# An existing index whose centroids are this much coarser than sqrt(n) makes buckets too big for the join
+# (GEMM cost grows as n^2 / buckets); the step then trains its own centroids instead.
+COARSE_FACTOR = 4
 
 
 @dataclass
@@ -49,11 +65,14 @@ class DedupParams:
     # Which clip of a group is kept: "<column> asc|desc" in priority order; "resolution" = width*height.
     # Missing columns are skipped, nulls sort last, clip_id ascending breaks the remaining ties.
     keep_by: tuple[str, ...] = ("resolution desc", "clarity desc", "aesthetic desc")
-    method: str = "auto"  # auto | exact (NumPy brute force) | index (Lance vector index)
+    # auto | exact (NumPy brute force) | index (bucketed join over the Lance IVF model) | knn (k-NN queries)
+    method: str = "auto"
     # auto: brute force when at most this many clips have embeddings (measured crossover, RESULTS_dedup.md)
-    exact_max_rows: int = 20_000
-    k: int = 16  # neighbours asked of the index per clip; bigger groups still join through chains
-    nprobes: int = 8  # IVF partitions searched per query
+    exact_max_rows: int = 10_000
+    k: int = 16  # knn only: neighbours asked of the index per clip; bigger groups still join through chains
+    # IVF buckets per vector: top-p centroids for `index` (None: 3), partitions probed per query for `knn`
+    # (None: 8)
+    nprobes: int | None = None
     num_partitions: int | None = None  # IVF partitions when the step builds the index; None: ~sqrt(n)
     index_type: str = "IVF_FLAT"  # Lance index type built when none exists on the column
     query_batch: int = 4096  # clips per batched index query / brute-force query block
@@ -69,6 +88,14 @@ class DedupParams:
                               f"got {self.threshold}")
         for spec in self.keep_by:
             parse_key(spec)
+        if self.nprobes is not None and self.nprobes < 1:
+            raise ConfigError(f"stage 'dedup': nprobes must be >= 1, got {self.nprobes}")
+
+    def probes(self, method: str) -> int:
+        """nprobes with the per-method default: the join needs few buckets per vector, k-NN more."""
+        if self.nprobes is not None:
+            return self.nprobes
+        return 3 if method == "index" else 8
 
 
 @dataclass
@@ -134,14 +161,22 @@ class DedupStep:
         timings = {"read_meta": time.perf_counter() - t0}
         if method == "exact":
             cands = exact_pairs(ds, p, new_filter, meta["rowid"])
-        else:
+        elif method == "knn":
             t = time.perf_counter()
             ds = ensure_index(lake, p, n, dim)
             timings["index"] = time.perf_counter() - t
             cands = index_pairs(ds, p, new_filter, meta["rowid"])
+        else:
+            t = time.perf_counter()
+            centroids, source = ivf_centroids(lake, p, n, dim)
+            timings["index"] = time.perf_counter() - t
+            summary.update(buckets=len(centroids), centroids=source, nprobes=p.probes("index"))
+            cands = bucket_pairs(ds, p, meta["rowid"], is_new, centroids, timings)
         t = time.perf_counter()
-        timings["search"] = t - t0 - sum(timings.values())
-        a, b, sim = cands.arrays()
+        if method != "index":  # the join records its own phases (assign, join, rescore)
+            timings["search"] = t - t0 - sum(timings.values())
+        a, b, _ = cands.arrays()
+        a, b = unique_pairs(a, b, n)  # `pairs` counts unordered pairs, whichever search found them
         comp = components(n, a, b, meta["old_label"])
         table, n_groups, n_dups = decide(meta, comp, p.keep_by)
         timings["group"] = time.perf_counter() - t
@@ -292,7 +327,7 @@ def ensure_index(lake: Lake, p: DedupParams, n: int, dim: int):
     ds = lake.dataset(TABLE)
     name = vector_index(ds, p.column)
     if name is None:
-        parts = p.num_partitions or max(1, min(int(round(math.sqrt(n))), n // 32 or 1))
+        parts = p.num_partitions or default_partitions(n)
         kwargs = {"num_sub_vectors": max(1, dim // 8)} if "PQ" in p.index_type.upper() else {}
         ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
     elif ds.stats.index_stats(name).get("num_unindexed_rows", 0):
@@ -310,7 +345,7 @@ def index_pairs(ds, p: DedupParams, new_filter: str, sorted_rowids: np.ndarray) 
     for qb in stream(ds, [p.column], new_filter, p.query_batch):
         q = vectors(qb, p.column)
         qrow = qb.column("_rowid").to_numpy()
-        hits = ds.to_table(nearest={"column": p.column, "q": q, "k": p.k + 1, "nprobes": p.nprobes,
+        hits = ds.to_table(nearest={"column": p.column, "q": q, "k": p.k + 1, "nprobes": p.probes("knn"),
                                     "distance_range": (None, max_dist)},
                            columns=["_distance"], with_row_id=True)
         qi = hits.column("query_index").to_numpy()
@@ -333,6 +368,173 @@ def exact_cosine(ds, column: str, q_unit: np.ndarray, rowids: np.ndarray) -> np.
     got = ds._take_rows(uniq.tolist(), columns=[column])
     x = unit(vectors(got, column))
     return np.einsum("ij,ij->i", q_unit, x[inverse])
+
+
+# ---- bucketed join over the IVF model (method "index") ---------------------------------------------
+def default_partitions(n: int) -> int:
+    """~sqrt(n) buckets (at least 32 rows each): the join's GEMM work is ~ nprobes * n^2 * d / buckets
+    while assigning rows to centroids costs n * buckets * d, so sqrt(n)-ish balances the two."""
+    return max(1, min(int(round(math.sqrt(n))), n // 32 or 1))
+
+
+def ivf_centroids(lake: Lake, p: DedupParams, n: int, dim: int) -> tuple[np.ndarray, str]:
+    """Unit centroids of the Lance IVF index on the column (built when missing, as `index_type`), and where
+    they came from. The index need not cover new rows: only its centroids are used, so no
+    optimize_indices here. Falls back to our own spherical k-means on a sample when the index's model
+    cannot be read back or is much coarser than sqrt(n) (an index built when the table was small)."""
+    ds = lake.dataset(TABLE)
+    name = vector_index(ds, p.column)
+    if name is None:
+        parts = p.num_partitions or default_partitions(n)
+        kwargs = {"num_sub_vectors": max(1, dim // 8)} if "PQ" in p.index_type.upper() else {}
+        ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
+        ds = lake.dataset(TABLE)
+        name = vector_index(ds, p.column)
+    want = p.num_partitions or default_partitions(n)
+    try:
+        raw = ds.centroids(index_name=name) if name else None
+    except (ValueError, RuntimeError, OSError):  # e.g. an index type without an IVF model
+        raw = None
+    if raw is not None and len(raw) and len(raw) * COARSE_FACTOR >= want:
+        return unit(vectors(pa.table({"c": raw}), "c")), "lance-index"
+    return train_centroids(ds, p, want), "kmeans"
+
+
+def train_centroids(ds, p: DedupParams, k: int, per_centroid: int = 64, iterations: int = 10) -> np.ndarray:
+    """Spherical k-means (curation.concepts') on an evenly strided sample of the streamed vectors."""
+    from curation.concepts import spherical_kmeans  # concepts imports this module: import late
+
+    total = ds.count_rows(filter=f"{quote(p.column)} IS NOT NULL")
+    stride = max(1, total // max(1, k * per_centroid))
+    parts = [unit(vectors(b, p.column))[::stride]
+             for b in ds.to_batches(columns=[p.column], filter=f"{quote(p.column)} IS NOT NULL",
+                                    batch_size=p.block_rows)]
+    sample = np.concatenate(parts)
+    return spherical_kmeans(sample, min(k, len(sample)), iterations, seed=0)
+
+
+def top_buckets(x: np.ndarray, centroids: np.ndarray, probes: int) -> np.ndarray:
+    """(rows, probes) int32 bucket ids of the nearest centroids by cosine, nearest first."""
+    g = x @ centroids.T
+    probes = min(probes, g.shape[1])
+    if probes == g.shape[1]:
+        part = np.broadcast_to(np.arange(probes), g.shape).copy()
+    else:
+        part = np.argpartition(-g, probes - 1, axis=1)[:, :probes]
+    order = np.argsort(-np.take_along_axis(g, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1).astype(np.int32)
+
+
+def assign_all(ds, p: DedupParams, sorted_rowids: np.ndarray,
+               centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One streamed scan: the float16 unit vector and the top-p buckets of every clip, by table position.
+    float16 halves the resident copy (1 GB at 1M x 512); the GEMMs still run in float32 per bucket."""
+    n, dim = len(sorted_rowids), centroids.shape[1]
+    x16 = np.empty((n, dim), np.float16)
+    top = np.empty((n, min(p.probes("index"), len(centroids))), np.int32)
+    for b in stream(ds, [p.column], f"{quote(p.column)} IS NOT NULL", p.block_rows):
+        x = unit(vectors(b, p.column))
+        pos = positions(b.column("_rowid").to_numpy(), sorted_rowids)
+        x16[pos] = x
+        top[pos] = top_buckets(x, centroids, top.shape[1])
+    return x16, top
+
+
+def members(bucket_of: np.ndarray, rows: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by bucket as one int array plus offsets: bucket b holds rows[start[b]:start[b+1]]."""
+    order = np.argsort(bucket_of, kind="stable")
+    start = np.zeros(n_buckets + 1, np.int64)
+    np.cumsum(np.bincount(bucket_of, minlength=n_buckets), out=start[1:])
+    return rows[order].astype(np.int64), start
+
+
+def block_pairs(x16: np.ndarray, left: np.ndarray, right: np.ndarray, lo: float, p: DedupParams,
+                out: Candidates) -> None:
+    """Pairs (left row, right row) with float16-approximate cosine >= lo, in query_batch × block_rows
+    float32 GEMMs (bounds the similarity matrix however skewed a bucket is)."""
+    for rs in range(0, len(right), p.block_rows):
+        r_rows = right[rs:rs + p.block_rows]
+        r = x16[r_rows].astype(np.float32)
+        for ls in range(0, len(left), p.query_batch):
+            l_rows = left[ls:ls + p.query_batch]
+            s = x16[l_rows].astype(np.float32) @ r.T
+            out.scored += s.size
+            i, j = np.nonzero(s >= lo)
+            keep = l_rows[i] != r_rows[j]
+            out.add(l_rows[i[keep]], r_rows[j[keep]], s[i[keep], j[keep]])
+
+
+def join_buckets(x16: np.ndarray, top: np.ndarray, is_new: np.ndarray, n_buckets: int, lo: float,
+                 p: DedupParams) -> Candidates:
+    """Per bucket b: Q_b (rows with b in their top-p) against P_b (rows whose primary bucket is b),
+    restricted to pairs with a new clip on at least one side (all clips are new on a full run)."""
+    n = len(top)
+    rows = np.arange(n, dtype=np.int64)
+    p_rows, p_start = members(top[:, 0], rows, n_buckets)
+    q_rows, q_start = members(top.ravel(), np.repeat(rows, top.shape[1]), n_buckets)
+    out = Candidates()
+    for b in range(n_buckets):
+        prim = p_rows[p_start[b]:p_start[b + 1]]
+        query = q_rows[q_start[b]:q_start[b + 1]]
+        if not len(prim) or not len(query):
+            continue
+        q_new, p_new = is_new[query], is_new[prim]
+        # new × all primaries, then old × new primaries: each needed pair once, old × old never
+        if q_new.any():
+            block_pairs(x16, query[q_new], prim, lo, p, out)
+        if p_new.any() and not q_new.all():
+            block_pairs(x16, query[~q_new], prim[p_new], lo, p, out)
+    return out
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered pairs without repeats (a pair is met once per shared bucket and in both directions)."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    code = np.unique(lo * n + hi)
+    return code // n, code % n
+
+
+def rescore(ds, p: DedupParams, sorted_rowids: np.ndarray, dim: int, a: np.ndarray, b: np.ndarray,
+            chunk: int = 65536) -> np.ndarray:
+    """Exact float32 cosine of pairs of positions: a second sequential scan keeps the float32 unit vectors
+    of just the rows that occur in a pair (a scan reads faster than random takes of scattered rows)."""
+    need = np.unique(np.concatenate([a, b]))
+    slot = np.full(len(sorted_rowids), -1, np.int64)
+    slot[need] = np.arange(len(need))
+    x = np.empty((len(need), dim), np.float32)
+    if len(need):
+        for batch in stream(ds, [p.column], f"{quote(p.column)} IS NOT NULL", p.block_rows):
+            pos = positions(batch.column("_rowid").to_numpy(), sorted_rowids)
+            hit = slot[pos] >= 0
+            if hit.any():
+                x[slot[pos[hit]]] = unit(vectors(batch, p.column)[hit])
+    sim = np.empty(len(a), np.float32)
+    for s in range(0, len(a), chunk):
+        sim[s:s + chunk] = np.einsum("ij,ij->i", x[slot[a[s:s + chunk]]], x[slot[b[s:s + chunk]]])
+    return sim
+
+
+def bucket_pairs(ds, p: DedupParams, sorted_rowids: np.ndarray, is_new: np.ndarray, centroids: np.ndarray,
+                 timings: dict) -> Candidates:
+    """Method `index`: assign, join per bucket at the threshold minus the float16 margin, keep the unique
+    pairs whose exact cosine reaches the threshold."""
+    t = time.perf_counter()
+    x16, top = assign_all(ds, p, sorted_rowids, centroids)
+    dim = x16.shape[1]
+    timings["assign"] = time.perf_counter() - t
+    t = time.perf_counter()
+    approx = join_buckets(x16, top, is_new, len(centroids), p.threshold - FP16_MARGIN, p)
+    del x16
+    a, b, _ = approx.arrays()
+    a, b = unique_pairs(a, b, len(sorted_rowids))
+    timings["join"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sim = rescore(ds, p, sorted_rowids, dim, a, b)
+    timings["rescore"] = time.perf_counter() - t
+    ok = sim >= p.threshold
+    out = Candidates(scored=approx.scored)
+    out.add(a[ok], b[ok], sim[ok])
+    return out
 
 
 # ---- groups and decisions ---------------------------------------------------------------------------
