@@ -321,15 +321,20 @@ def vector_index(ds, column: str) -> str | None:
     return None
 
 
+def create_index(ds, p: DedupParams, n: int, dim: int) -> None:
+    """A cosine `index_type` index on the column with ~sqrt(n) partitions (or `num_partitions`)."""
+    parts = p.num_partitions or default_partitions(n)
+    kwargs = {"num_sub_vectors": max(1, dim // 8)} if "PQ" in p.index_type.upper() else {}
+    ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
+
+
 def ensure_index(lake: Lake, p: DedupParams, n: int, dim: int):
     """A cosine vector index on the column that covers every row: built when missing (IVF_FLAT by
     default, see RESULTS_dedup.md for the measurement), extended with new rows otherwise."""
     ds = lake.dataset(TABLE)
     name = vector_index(ds, p.column)
     if name is None:
-        parts = p.num_partitions or default_partitions(n)
-        kwargs = {"num_sub_vectors": max(1, dim // 8)} if "PQ" in p.index_type.upper() else {}
-        ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
+        create_index(ds, p, n, dim)
     elif ds.stats.index_stats(name).get("num_unindexed_rows", 0):
         # Unindexed rows are searched by a flat scan per query; folding them in is cheaper.
         ds.optimize.optimize_indices(index_names=[name])
@@ -385,9 +390,7 @@ def ivf_centroids(lake: Lake, p: DedupParams, n: int, dim: int) -> tuple[np.ndar
     ds = lake.dataset(TABLE)
     name = vector_index(ds, p.column)
     if name is None:
-        parts = p.num_partitions or default_partitions(n)
-        kwargs = {"num_sub_vectors": max(1, dim // 8)} if "PQ" in p.index_type.upper() else {}
-        ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
+        create_index(ds, p, n, dim)
         ds = lake.dataset(TABLE)
         name = vector_index(ds, p.column)
     want = p.num_partitions or default_partitions(n)
