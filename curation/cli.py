@@ -38,6 +38,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tier(args: argparse.Namespace) -> int:
+    from curation.lake import Lake
+    from curation.tiers import TierStep, render_funnel
+
+    params = {"spec": args.spec, **({"only": args.only} if args.only else {})}
+    print(render_funnel(TierStep(params).run(Lake(args.lake))))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from curation.demo import run_demo
 
@@ -68,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--lake", "-l", required=True)
     q.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=cmd_sql)
+
+    t = sub.add_parser("tier", help="materialise tiers (tiers/<name> tables) from a tier spec, print the funnel")
+    t.add_argument("--lake", "-l", required=True)
+    t.add_argument("--spec", default="tiers", help="tier spec YAML path or bundled name (default: tiers)")
+    t.add_argument("--only", nargs="+", help="write only these tiers")
+    t.set_defaults(func=cmd_tier)
 
     d = sub.add_parser("demo", help="make sample videos from real photos, curate them, show the results")
     d.add_argument("--out", default="videocurate-demo", help="folder for the sample videos and the lake")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 os.environ.setdefault("RUST_LOG", "error")  # Lance logs a warning flood otherwise
+os.environ.setdefault("LANCE_LOG", "error")
 
 import lance  # noqa: E402
 

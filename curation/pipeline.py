@@ -29,6 +29,7 @@ STAGES = {
 STEPS = {
     "dedup": "curation.dedup:DedupStep",
     "concepts": "curation.concepts:ConceptStep",
+    "tiers": "curation.tiers:TierStep",
 }
 
 PIPELINES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines")

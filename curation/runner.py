@@ -45,7 +45,13 @@ class RunSummary:
                f"inputs {self.inputs} (skipped {self.skipped} already in the lake)",
                f"videos ok {v['ok']}, failed {v['failed']}, no clips {v['no_clips']}, "
                f"duplicate {v['duplicate']}; clips {self.stats.clips}; failure rows {self.stats.failures}"]
-        out += [f"step {k}: {s}" for k, s in self.steps.items()]
+        for k, s in self.steps.items():
+            if k == "tiers":
+                from curation.tiers import render_funnel
+
+                out += ["step tiers:", *("  " + line for line in render_funnel(s).splitlines())]
+            else:
+                out.append(f"step {k}: {s}")
         out += [f"warning: {p}" for p in self.problems]
         out.append(f"done in {self.seconds:.1f}s")
         return out

@@ -43,25 +43,34 @@ class ClipSpan:
     sharpness: float
 
 
-def make_detectors(params: SplitParams, fps: float) -> list:
+def make_detectors(params: SplitParams, fps: float) -> list[tuple[object, bool]]:
+    """(detector, gray_only) pairs. Content and adaptive detectors get a luma-only twin whose cuts count
+    only between two grey frames: on black-and-white footage hue and saturation are flat, so the full
+    score is a third of what the same change scores in colour and real cuts fall under the threshold."""
     import scenedetect as sd
 
-    dets = []
+    dets: list[tuple[object, bool]] = []
     for i, name in enumerate(params.detectors):
         thr = {"threshold": params.threshold} if (i == 0 and params.threshold is not None) else {}
         common = {"min_scene_len": params.min_scene_len}
         if name == "content":
-            dets.append(sd.ContentDetector(**thr, **common))
+            dets += [(sd.ContentDetector(**thr, **common, luma_only=luma), luma) for luma in (False, True)]
         elif name == "adaptive":
             kw = {"adaptive_threshold": params.threshold} if thr else {}
-            dets.append(sd.AdaptiveDetector(**kw, **common))
+            dets += [(sd.AdaptiveDetector(**kw, **common, luma_only=luma), luma) for luma in (False, True)]
         elif name == "threshold":
-            dets.append(sd.ThresholdDetector(**thr, **common, add_final_scene=False))
+            dets.append((sd.ThresholdDetector(**thr, **common, add_final_scene=False), False))
         elif name == "histogram":
-            dets.append(sd.HistogramDetector(**thr, **common))
+            dets.append((sd.HistogramDetector(**thr, **common), False))
         else:
             raise ConfigError(f"split: unknown detector '{name}'; choose from {DETECTORS}")
     return dets
+
+
+def _is_gray(bgr: np.ndarray, limit: float = 3.0) -> bool:
+    """No colour to speak of: mean |B-G| + |G-R| on a subsample, in 8-bit levels."""
+    s = bgr[::4, ::4].astype(np.int16)
+    return float(np.abs(s[..., 0] - s[..., 1]).mean() + np.abs(s[..., 1] - s[..., 2]).mean()) < limit
 
 
 def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams) -> tuple[list[int], np.ndarray]:
@@ -72,19 +81,25 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams) -> tup
     fps = float(fps)  # FrameTimecode refuses an int rate
     dets = make_detectors(params, fps)
     sharp: list[float] = []
+    gray_frames: list[bool] = []
     found: list[int] = []
+    gray_found: list[int] = []
     n = 0
     for n, bgr in enumerate(frames):
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         sharp.append(float(cv2.Laplacian(gray, cv2.CV_32F).var()))
+        gray_frames.append(_is_gray(bgr))
         tc = FrameTimecode(n, fps)
-        for det in dets:
-            found.extend(c.frame_num for c in det.process_frame(tc, bgr))
+        for det, gray_only in dets:
+            if gray_only and not gray_frames[-1]:
+                continue  # the twin sees grey frames only (free on colour footage); its cuts need two
+            (gray_found if gray_only else found).extend(c.frame_num for c in det.process_frame(tc, bgr))
     else:
         if sharp:
             end = FrameTimecode(n, fps)
-            for det in dets:
-                found.extend(c.frame_num for c in det.post_process(end))
+            for det, gray_only in dets:
+                (gray_found if gray_only else found).extend(c.frame_num for c in det.post_process(end))
+    found += [c for c in gray_found if 0 < c < len(gray_frames) and gray_frames[c] and gray_frames[c - 1]]
     return _merge_cuts(found, len(sharp), params.min_scene_len), np.asarray(sharp, np.float32)
 
 

@@ -170,4 +170,4 @@ def demo_set(folder: str | os.PathLike, fps: float = 24.0) -> list[Truth]:
                            Shot("motorcycle", 64, jitter=2.0, seed=3)],
         "lecture.mp4": [Shot("page", 90, text="Chapter 1: Curating video data"), Shot("camera", 60, zoom=0.995)],
     }
-    return [make_video(os.path.join(folder, name), shots, fps=fps) for name, shots in specs.items()]
+    return [make_video(os.path.join(folder, name), shots, size=(456, 256), fps=fps) for name, shots in specs.items()]

@@ -95,3 +95,17 @@ def test_sharp_start_on_real_blurry_opening(tmp_path):
     cuts, sharp = _cuts(tmp_path / "b.mp4")
     (clip,) = make_clips(shots_from_cuts(cuts, len(sharp)), 24.0, sharp, SplitParams(min_clip_s=1))
     assert clip.start == 3
+
+
+def test_black_and_white_cut_found_through_the_luma_twin(tmp_path):
+    # Grey to grey: hue and saturation are flat, so PySceneDetect's full content score sits just under
+    # its threshold (26.9 < 27 here); the luma-only twin, trusted only between grey frames, finds it.
+    truth = synth.make_video(tmp_path / "bw.mp4", [synth.Shot("page", 90, text="Chapter 1"),
+                                                   synth.Shot("camera", 60, zoom=0.995)], size=(456, 256))
+    import scenedetect as sd
+    from scenedetect import FrameTimecode
+
+    frames = list(VideoReader(truth.path).iter_frames((256, 144), bgr=True))
+    plain = sd.ContentDetector()
+    assert not [c for i, f in enumerate(frames) for c in plain.process_frame(FrameTimecode(i, 24.0), f)]
+    assert _cuts(truth.path)[0] == truth.cuts == [90]
