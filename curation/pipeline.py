@@ -104,9 +104,16 @@ def resolve_path(path_or_name: str) -> str:
 
 
 def bundled_names() -> list[str]:
+    """Bundled pipelines (YAML files with a `stages:` list; tier specs live beside them)."""
     if not os.path.isdir(PIPELINES_DIR):
         return []
-    return sorted(f[:-5] for f in os.listdir(PIPELINES_DIR) if f.endswith(".yaml"))
+    names = []
+    for f in sorted(os.listdir(PIPELINES_DIR)):
+        if f.endswith(".yaml"):
+            with open(os.path.join(PIPELINES_DIR, f)) as fh:
+                if "stages" in (yaml.safe_load(fh) or {}):
+                    names.append(f[:-5])
+    return names
 
 
 def load_pipeline(source: str | dict, overrides: list[str] = ()) -> Pipeline:
