@@ -37,5 +37,6 @@ def run_demo(out: str, num_cpus: int | None = None, pipeline: str = "default") -
            + ", ".join(extra or ["duration_clip_s"]) + " from clips order by video, start_frame")
     print(f"\n$ videocurate sql --lake {lake} \"{sql}\"")
     print(render(query(lake, sql)))
-    print(f"\nlake: {lake}  (try: videocurate sql --lake {lake} \"select * from clips limit 5\")")
+    print(f"\nlake: {lake}\n  try: videocurate sql --lake {lake} \"select * from tiers_256p\"\n"
+          f"       videocurate train --lake {lake} --vae random --max-steps 3 --out {out}/checkpoints")
     return 0 if hits == total else 1
