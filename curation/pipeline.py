@@ -104,14 +104,16 @@ def resolve_path(path_or_name: str) -> str:
 
 
 def bundled_names() -> list[str]:
-    """Bundled pipelines (YAML files with a `stages:` list; tier specs live beside them)."""
+    """Bundled pipelines (YAML files whose `stages:` are stages and steps; tier specs and training plans
+    live beside them)."""
     if not os.path.isdir(PIPELINES_DIR):
         return []
     names = []
     for f in sorted(os.listdir(PIPELINES_DIR)):
         if f.endswith(".yaml"):
             with open(os.path.join(PIPELINES_DIR, f)) as fh:
-                if "stages" in (yaml.safe_load(fh) or {}):
+                entries = (yaml.safe_load(fh) or {}).get("stages") or []
+                if entries and all("stage" in e or "step" in e for e in entries):  # not a training plan
                     names.append(f[:-5])
     return names
 

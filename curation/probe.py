@@ -28,7 +28,7 @@ class ProbeStage(Stage):
 
     name = "probe"
     version = "1"
-    resources = Resources(num_cpus=1, batch_size=8)
+    resources = Resources(num_cpus=1, batch_size=1)  # one input per task: a crash loses only that input
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self.probe_row(r) for r in batch.to_pylist()], schema=batch.schema)

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from curation.stage import Stage, field_meta
 from curation.writer import LakeWriter, WriteStats, failure_rows, recover
 
 log = logging.getLogger("videocurate")
+RETRIES = 2  # re-runs of a batch whose worker died, before its inputs are recorded as lost
 
 
 @dataclass
@@ -139,11 +141,19 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
             common["num_gpus"] = r.num_gpus
         if s.stateful:  # an actor pool that grows with the cluster unless the YAML fixes its size
             pool = r.concurrency or (1, max(1, int(ray.cluster_resources().get("CPU", 1) // max(r.num_cpus, 1))))
-            ds = ds.map_batches(_actor_class(s), concurrency=pool, **common)
+            fn, retries = _actor_class(s), {"max_restarts": -1, "max_task_retries": RETRIES}
+            common["concurrency"] = pool
         else:
+            fn, retries = functools.partial(_call, s), {"max_retries": RETRIES}
             if r.concurrency:
                 common["concurrency"] = r.concurrency
-            ds = ds.map_batches(functools.partial(_call, s), **common)
+        # A batch that kills its worker (a decoder segfault) is retried a few times, then its block is
+        # dropped and its videos become `worker_lost` failure rows. Ray Data's default is to retry such
+        # a batch forever, which turns one poisonous file into a hung run. (Ray marks remote args
+        # deprecated for 2.64 but offers no other way to set this: pyproject pins ray below 2.64.)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated.*")
+            ds = ds.map_batches(fn, **common, ray_remote_args_fn=lambda retries=retries: retries)
     return ds
 
 

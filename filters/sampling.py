@@ -153,11 +153,10 @@ class ScoreGroup(ClipStage):
         super().__init__(None, resources)
         self.scorers = list(scorers)
         if resources is None and self.scorers:  # a worker must hold what its hungriest scorer needs
-            # Batches of a few clips bound the decoded frames held at once (a long video's block can
-            # hold hundreds of clips: 16 clips x 16 frames at 640 px is ~180 MB).
+            # batch_size None: one call per block, i.e. per video from the split, so a worker that dies
+            # on a poisonous file takes no other video down with it (the runner records it as lost).
             self.resources = Resources(num_cpus=max(s.resources.num_cpus for s in self.scorers),
-                                       num_gpus=max(s.resources.num_gpus for s in self.scorers),
-                                       batch_size=CLIPS_PER_BATCH)
+                                       num_gpus=max(s.resources.num_gpus for s in self.scorers))
         seen: dict[str, str] = {}
         for s in self.scorers:
             for f in s.output_fields():
@@ -181,5 +180,9 @@ class ScoreGroup(ClipStage):
         raise ConfigError("a ScoreGroup has no parameters of its own; configure its scorers")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Score in slices of CLIPS_PER_BATCH clips: a long video's block can hold hundreds of clips, and
+        16 clips x 16 frames at 640 px is already ~180 MB of decoded frames."""
         self.ensure_setup()
-        return run_scorers(batch, self.scorers, self.name, self.timings)
+        parts = [run_scorers(batch.slice(i, CLIPS_PER_BATCH), self.scorers, self.name, self.timings)
+                 for i in range(0, max(batch.num_rows, 1), CLIPS_PER_BATCH)]
+        return pa.concat_tables(parts)

@@ -193,3 +193,60 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(tmp_path):
     sql = "select clip_id from clips order by clip_id"
     assert query(lake, sql).to_pylist() == query(clean, sql).to_pylist()
     assert _counts(lake) == _counts(clean) == (n, 2 * n, 0)
+
+
+class Crashing:
+    """Stages whose worker process dies (as on a decoder segfault) on files named crash*: `cls` is set by
+    the test (a split task, or a scorer running in an actor)."""
+
+
+def _crashing_class(kind: str):
+    import sys
+
+    import ray.cloudpickle
+
+    from curation.split import SplitStage
+    from filters.clarity import ClarityScorer
+
+    def dies(uri: str) -> bool:
+        return os.path.basename(uri).startswith("crash")
+
+    class CrashingSplit(SplitStage):
+        def split_row(self, row):
+            if dies(row["uri"]):
+                os._exit(1)
+            return super().split_row(row)
+
+    class CrashingScorer(ClarityScorer):
+        def score(self, clip):
+            if dies(clip.uri):
+                os._exit(1)
+            return super().score(clip)
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
+    return CrashingSplit if kind == "split" else CrashingScorer
+
+
+@pytest.mark.parametrize("where", ["split", "scorer"])
+def test_a_file_that_kills_its_worker_is_a_failure_row_not_a_hang(demo_videos, tmp_path, monkeypatch, where):
+    import shutil
+
+    from curation import pipeline
+
+    monkeypatch.setattr(Crashing, "cls", _crashing_class(where), raising=False)
+    monkeypatch.setitem(pipeline.STAGES, "crashing", f"{__name__}:Crashing.cls")
+    load = pipeline._load
+    monkeypatch.setattr(pipeline, "_load", lambda t: Crashing.cls if t.endswith("Crashing.cls") else load(t))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for t in demo_videos[:2]:
+        shutil.copy(t.path, folder)
+    shutil.copy(demo_videos[2].path, folder / "crash.mp4")
+    lake = Lake(tmp_path / "lake")
+    stages = [{"stage": "probe"}, {"stage": "crashing"}] if where == "split" else \
+        [{"stage": "probe"}, {"stage": "split"}, {"stage": "crashing"}]
+    summary = run_pipeline({"name": "c", "stages": stages}, [str(folder)], lake, progress=False)
+    assert summary.stats.videos["ok"] == 2 and summary.stats.videos["failed"] == 1
+    lost = query(lake, "select uri, kind, stage from failures").to_pylist()
+    assert lost == [{"uri": str(folder / "crash.mp4"), "kind": "worker_lost", "stage": "runner"}]
+    assert lake.count("clips") == sum(len(t.shots) for t in demo_videos[:2])
