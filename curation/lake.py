@@ -70,7 +70,7 @@ class Lake:
         new = [f for f in data.schema if have.get_field_index(f.name) < 0]
         if new:
             ds.add_columns(new)
-            have = lance.dataset(self.path_of(ds)).schema
+            have = lance.dataset(ds.uri).schema
         cols = []
         for f in have:
             if data.schema.get_field_index(f.name) >= 0:
@@ -78,10 +78,6 @@ class Lake:
             else:
                 cols.append(pa.nulls(data.num_rows, f.type))
         return pa.Table.from_arrays(cols, schema=pa.schema([pa.field(f.name, f.type) for f in have]))
-
-    @staticmethod
-    def path_of(ds: lance.LanceDataset) -> str:
-        return ds.uri
 
     def overwrite(self, table: str, data: pa.Table) -> None:
         os.makedirs(os.path.dirname(self.path(table)), exist_ok=True)

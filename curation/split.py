@@ -164,11 +164,8 @@ class SplitStage(Stage):
         if row.get("status") != "ok":
             return [row]
         try:
-            info = VideoInfo(path=row["uri"], size_bytes=row["size_bytes"], container=row["container"],
-                             codec=row["codec"], width=row["width"], height=row["height"], fps=row["fps"],
-                             frame_count=row["frame_count"], duration_s=row["duration_s"],
-                             rotation=row["rotation"], has_audio=row["has_audio"])
-            reader = VideoReader(info.path, backend=self.params.backend, info=info)
+            reader = VideoReader(row["uri"], backend=self.params.backend, info=VideoInfo.from_row(row))
+            info = reader.info
             size = fit_size(info.width, info.height, target_width=self.params.analysis_width)
             cuts, sharp = detect(reader.iter_frames(size, bgr=True), info.fps, self.params)
         except Exception as exc:  # noqa: BLE001 - becomes a failure row

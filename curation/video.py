@@ -43,6 +43,18 @@ class VideoInfo:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_row(cls, row: dict) -> VideoInfo | None:
+        """The probe result a pipeline row already carries (saves probing the file again), or None when
+        the row lacks the essentials (e.g. a clips-table row without container facts)."""
+        if any(row.get(k) is None for k in ("uri", "width", "height", "fps", "frame_count")):
+            return None
+        return cls(path=row["uri"].removeprefix("file://"), size_bytes=int(row.get("size_bytes") or 0),
+                   container=row.get("container") or "", codec=row.get("codec") or "",
+                   width=int(row["width"]), height=int(row["height"]), fps=float(row["fps"]),
+                   frame_count=int(row["frame_count"]), duration_s=float(row.get("duration_s") or 0.0),
+                   rotation=int(row.get("rotation") or 0), has_audio=bool(row.get("has_audio")))
+
 
 def _check_file(path: str) -> int:
     if not os.path.exists(path):

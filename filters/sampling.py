@@ -37,18 +37,6 @@ def _path(uri: str) -> str:
     return uri.removeprefix("file://")
 
 
-def _info_from_row(row: dict) -> VideoInfo | None:
-    """The probe result the row already carries (saves a second probe of the file), if complete."""
-    need = ("width", "height", "fps", "frame_count")
-    if any(row.get(k) is None for k in need):
-        return None
-    return VideoInfo(path=_path(row["uri"]), size_bytes=int(row.get("size_bytes") or 0),
-                     container=row.get("container") or "", codec=row.get("codec") or "",
-                     width=int(row["width"]), height=int(row["height"]), fps=float(row["fps"]),
-                     frame_count=int(row["frame_count"]), duration_s=float(row.get("duration_s") or 0.0),
-                     rotation=int(row.get("rotation") or 0), has_audio=bool(row.get("has_audio")))
-
-
 def decode_clips(rows: Sequence[dict], request: FrameRequest) -> list[ClipFrames | BaseException]:
     """Decode the sampled frames of every clip row; rows of one video share one open and one read."""
     out: list[ClipFrames | BaseException] = [VideoError("not decoded")] * len(rows)
@@ -57,7 +45,7 @@ def decode_clips(rows: Sequence[dict], request: FrameRequest) -> list[ClipFrames
         by_video[row["uri"]].append(i)
     for uri, members in by_video.items():
         try:
-            reader = VideoReader(_path(uri), info=_info_from_row(rows[members[0]]))
+            reader = VideoReader(_path(uri), info=VideoInfo.from_row(rows[members[0]]))
         except Exception as exc:  # noqa: BLE001 - the whole video's clips fail with the same error
             for i in members:
                 out[i] = exc
