@@ -32,6 +32,7 @@ from scipy.sparse import csr_matrix
 from curation.dedup import TABLE, check_table, quote, unit, vectors
 from curation.errors import ConfigError
 from curation.lake import Lake
+from curation.stage import build_params
 
 CENTROIDS = "concepts"
 KEY = "clip_id"
@@ -73,14 +74,8 @@ class ConceptStep:
     Params: ClassVar[type] = ConceptParams
 
     def __init__(self, params: dict | ConceptParams | None = None):
-        if isinstance(params, ConceptParams):
-            self.params = params
-        else:
-            known = {f.name for f in dataclasses.fields(ConceptParams)}
-            unknown = sorted(set(params or {}) - known)
-            if unknown:
-                raise ConfigError(f"stage 'concepts' has no parameter(s) {unknown}; known: {sorted(known)}")
-            self.params = ConceptParams(**(params or {}))
+        self.params = params if isinstance(params, ConceptParams) else build_params(ConceptParams, params or {},
+                                                                                   self.name)
 
     def provenance(self) -> dict:
         p = dataclasses.asdict(self.params)

@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components
 
 from curation.errors import ConfigError
 from curation.lake import Lake
+from curation.stage import build_params
 
 TABLE = "clips"
 KEY = "clip_id"
@@ -127,7 +128,7 @@ class DedupStep:
     Params: ClassVar[type] = DedupParams
 
     def __init__(self, params: dict | DedupParams | None = None):
-        self.params = params if isinstance(params, DedupParams) else build_params(params or {})
+        self.params = params if isinstance(params, DedupParams) else build_params(DedupParams, params or {}, self.name)
 
     def provenance(self) -> dict:
         p = dataclasses.asdict(self.params)
@@ -199,14 +200,6 @@ class DedupStep:
             return False
         current = self.provenance()
         return recorded.get("version") != current["version"] or recorded.get("params") != current["params"]
-
-
-def build_params(values: dict) -> DedupParams:
-    known = {f.name for f in dataclasses.fields(DedupParams)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"stage 'dedup' has no parameter(s) {unknown}; known: {sorted(known)}")
-    return DedupParams(**values)
 
 
 def parse_key(spec: str) -> tuple[str, bool]:

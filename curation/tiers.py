@@ -21,6 +21,7 @@ from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.pipeline import PIPELINES_DIR
 from curation.query import connect
+from curation.stage import build_params
 
 DROP_FROM_TIERS = ("embedding",)  # large columns a tier does not repeat (join clips on clip_id for them)
 CROP_FIELDS = [pa.field(n, pa.int32()) for n in ("crop_x0", "crop_y0", "crop_x1", "crop_y1")]
@@ -98,14 +99,8 @@ class TierStep:
     Params: ClassVar[type] = TiersParams
 
     def __init__(self, params: dict | TiersParams | None = None):
-        if isinstance(params, TiersParams):
-            self.params = params
-        else:
-            known = {f.name for f in dataclasses.fields(TiersParams)}
-            unknown = sorted(set(params or {}) - known)
-            if unknown:
-                raise ConfigError(f"step 'tiers' has no parameter(s) {unknown}; known: {sorted(known)}")
-            self.params = TiersParams(**(params or {}))
+        self.params = params if isinstance(params, TiersParams) else build_params(TiersParams, params or {},
+                                                                                 self.name)
         self.specs = load_specs(self.params.spec)
 
     def run(self, lake: Lake) -> dict:
