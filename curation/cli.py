@@ -43,7 +43,7 @@ def cmd_tier(args: argparse.Namespace) -> int:
     from curation.tiers import TierStep, render_funnel
 
     params = {"spec": args.spec, **({"only": args.only} if args.only else {})}
-    print(render_funnel(TierStep(params).run(Lake(args.lake))))
+    print(render_funnel(TierStep(params).run(Lake(args.lake, create=False))))
     return 0
 
 

@@ -14,6 +14,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 
 import lance  # noqa: E402
 
+from curation.errors import ConfigError  # noqa: E402
 from curation.schema import FAILURES_SCHEMA  # noqa: E402
 
 CORE_TABLES = ("videos", "clips", "failures")
@@ -23,9 +24,12 @@ PRODUCERS_KEY = "videocurate.producers"
 class Lake:
     """A lake directory. Tables are created on first write; reads of a missing table return None."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, create: bool = True):
         self.root = os.path.abspath(os.fspath(root))
-        os.makedirs(self.root, exist_ok=True)
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+        elif not os.path.isdir(self.root):
+            raise ConfigError(f"no lake at {self.root} (run a pipeline into it first)")
 
     def path(self, table: str) -> str:
         return os.path.join(self.root, f"{table}.lance")

@@ -17,7 +17,7 @@ from curation.lake import Lake
 
 
 def connect(lake: Lake | str) -> duckdb.DuckDBPyConnection:
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    lake = lake if isinstance(lake, Lake) else Lake(lake, create=False)
     con = duckdb.connect()
     for name in lake.tables():
         ds = lake.dataset(name)
