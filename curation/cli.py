@@ -38,6 +38,20 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tables(args: argparse.Namespace) -> int:
+    from curation.lake import Lake
+
+    lake = Lake(args.lake, create=False)
+    for name in lake.tables():
+        ds = lake.dataset(name)
+        print(f"{name:16s} {ds.count_rows():>10d} rows  version {ds.version:<4d} {len(ds.schema.names)} columns")
+    if args.producers:
+        print("\ncolumn producers (clips):")
+        for col, prod in sorted(lake.producers("clips").items()):
+            print(f"  {col:26s} {prod.get('stage')} v{prod.get('version')} {prod.get('params')}")
+    return 0
+
+
 def cmd_tier(args: argparse.Namespace) -> int:
     from curation.lake import Lake
     from curation.tiers import TierStep, render_funnel
@@ -90,6 +104,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--lake", "-l", required=True)
     q.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=cmd_sql)
+
+    tb = sub.add_parser("tables", help="list the lake's tables (rows, version) and, with --producers, "
+                        "which stage, version and parameters produced each score column")
+    tb.add_argument("--lake", "-l", required=True)
+    tb.add_argument("--producers", action="store_true")
+    tb.set_defaults(func=cmd_tables)
 
     t = sub.add_parser("tier", help="materialise tiers (tiers/<name> tables) from a tier spec, print the funnel")
     t.add_argument("--lake", "-l", required=True)

@@ -114,6 +114,9 @@ def test_cli_run_and_sql_json(demo_videos, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["n", str(len(demo_videos[1].shots))]
     assert main(["run", "nope.yaml", "--input", lake, "--lake", lake]) == 2
     assert "no pipeline file" in capsys.readouterr().err
+    assert main(["tables", "--lake", lake, "--producers"]) == 0
+    out = capsys.readouterr().out
+    assert "videos" in out and "clips" in out and "clarity                    clarity v1" in out
     assert main(["sql", "--lake", str(tmp_path / "typo"), "select 1"]) == 2  # no lake is created by a query
     assert "no lake at" in capsys.readouterr().err and not (tmp_path / "typo").exists()
 
