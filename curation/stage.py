@@ -39,7 +39,7 @@ def failure(stage: str, exc: BaseException, clip_id: str | None = None) -> dict:
 
 class Stage(ABC):
     """Base of every pipeline stage. Subclasses set `name`, `version`, `Params` (a dataclass) and
-    `resources`, and implement `__call__` (or the row-level hooks of `ClipStage`)."""
+    `resources`, and implement `__call__`."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
@@ -89,42 +89,6 @@ def build_params(cls: type, values: dict, stage: str):
     if unknown:
         raise ConfigError(f"stage '{stage}' has no parameter(s) {unknown}; known: {sorted(known)}")
     return cls(**values)
-
-
-class ClipStage(Stage):
-    """A stage that adds columns to clip rows. Rows without a clip, or whose clip already failed in an
-    earlier stage, pass through with nulls. Subclasses implement `process(rows) -> list[dict]`, one
-    dict of output columns per row; an exception from `process_one` fails only that row."""
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.ensure_setup()
-        rows = batch.to_pylist()
-        live = [i for i, r in enumerate(rows) if r.get("clip_id") is not None]
-        outs: list[dict] = [{} for _ in rows]
-        results = self.process([rows[i] for i in live])
-        for i, res in zip(live, results):
-            if isinstance(res, BaseException):
-                rows[i]["failures"] = [*(rows[i].get("failures") or []),
-                                      failure(self.name, res, rows[i]["clip_id"])]
-            else:
-                outs[i] = res
-        return append_columns(batch.set_column(batch.schema.get_field_index("failures"), "failures",
-                                               pa.array([r.get("failures") for r in rows],
-                                                        batch.schema.field("failures").type)),
-                              self.output_fields(), outs)
-
-    def process(self, rows: list[dict]) -> list[dict | BaseException]:
-        """Default: one row at a time. Override to share work across rows (e.g. one decode per video)."""
-        out: list[dict | BaseException] = []
-        for row in rows:
-            try:
-                out.append(self.process_one(row))
-            except Exception as exc:  # noqa: BLE001 - recorded as a failure row
-                out.append(exc)
-        return out
-
-    def process_one(self, row: dict) -> dict:
-        raise NotImplementedError
 
 
 def append_columns(batch: pa.Table, fields: list[pa.Field], values: list[dict]) -> pa.Table:

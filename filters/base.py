@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.stage import ClipStage
+from curation.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class ClipFrames:
         return self._cache[key]
 
 
-class Scorer(ClipStage):
+class Scorer(Stage):
     """A stage that adds score columns to clip rows. Subclasses set `name`, `version`, `Params` and
     implement `output_fields()`, `request()` and `score(clip) -> dict` (optionally `setup()`). Used
     alone, a scorer samples and decodes frames itself; in a `ScoreGroup` it shares one decode."""

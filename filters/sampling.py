@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from curation.errors import ConfigError, VideoError
 from curation.schema import FAILURE_ITEM
-from curation.stage import ClipStage, Resources, append_columns, failure, field_meta
+from curation.stage import Resources, Stage, append_columns, failure, field_meta
 from curation.video import VideoInfo, VideoReader, fit_size
 from filters.base import ClipFrames, FrameRequest, Scorer, even_positions, merge_requests
 
@@ -129,7 +129,7 @@ def run_scorers(batch: pa.Table, scorers: Sequence[Scorer], group_name: str,
     return append_columns(batch, [f for s in scorers for f in annotated_fields(s)], outs)
 
 
-class ScoreGroup(ClipStage):
+class ScoreGroup(Stage):
     """Several scorers run in-process on one decode per clip (the runner fuses consecutive scorer
     stages of a pipeline into one group). Adds the union of the scorers' columns."""
 
