@@ -93,14 +93,21 @@ class Pipeline:
         return [s.build() for s in self.stages]
 
 
-def resolve_path(path_or_name: str) -> str:
-    """A pipeline file path, or the name of a bundled one (`default`, `hunyuan`)."""
+def find_yaml(path_or_name: str) -> str | None:
+    """A YAML file path as given, or the bundled `pipelines/<name>.yaml`; None when neither exists.
+    Pipelines, tier specs and training plans are all looked up this way."""
     if os.path.exists(path_or_name):
         return path_or_name
     bundled = os.path.join(PIPELINES_DIR, f"{path_or_name.removesuffix('.yaml')}.yaml")
-    if os.path.exists(bundled):
-        return bundled
-    raise ConfigError(f"no pipeline file '{path_or_name}' (bundled ones: {bundled_names()})")
+    return bundled if os.path.exists(bundled) else None
+
+
+def resolve_path(path_or_name: str) -> str:
+    """A pipeline file path, or the name of a bundled one (`default`, `hunyuan`)."""
+    path = find_yaml(path_or_name)
+    if path is None:
+        raise ConfigError(f"no pipeline file '{path_or_name}' (bundled ones: {bundled_names()})")
+    return path
 
 
 def bundled_names() -> list[str]:

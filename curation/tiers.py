@@ -7,7 +7,6 @@ predicate removed (the funnel)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -19,7 +18,7 @@ import yaml
 
 from curation.errors import ConfigError
 from curation.lake import Lake
-from curation.pipeline import PIPELINES_DIR
+from curation.pipeline import find_yaml
 from curation.query import connect
 from curation.stage import build_params
 
@@ -47,8 +46,8 @@ class TiersParams:
 
 
 def load_specs(spec: str) -> list[TierSpec]:
-    path = spec if os.path.exists(spec) else os.path.join(PIPELINES_DIR, f"{spec.removesuffix('.yaml')}.yaml")
-    if not os.path.exists(path):
+    path = find_yaml(spec)
+    if path is None:
         raise ConfigError(f"step 'tiers': no tier spec '{spec}' (a YAML path or a bundled name, e.g. 'tiers')")
     with open(path) as f:
         doc = yaml.safe_load(f) or {}

@@ -15,7 +15,7 @@ import yaml
 
 from curation.errors import ConfigError
 from curation.lake import Lake
-from curation.pipeline import PIPELINES_DIR
+from curation.pipeline import find_yaml
 from training.config import get_preset
 from training.data import BucketConfig, TierLoader
 from training.dit import VideoDiT
@@ -41,8 +41,8 @@ class StagePlan:
 
 
 def load_stages(spec: str = "train_stages") -> StagePlan:
-    path = spec if os.path.exists(spec) else os.path.join(PIPELINES_DIR, f"{spec.removesuffix('.yaml')}.yaml")
-    if not os.path.exists(path):
+    path = find_yaml(spec)
+    if path is None:
         raise ConfigError(f"no training stage spec '{spec}' (a YAML path or a bundled name: train_stages)")
     with open(path) as f:
         doc = yaml.safe_load(f) or {}
