@@ -162,21 +162,30 @@ def input_blocks(files: list[InputFile], schema: pa.Schema, per_block: int = 1) 
     return [rows_to_table(rows[i:i + per_block], schema) for i in range(0, len(rows), per_block)]
 
 
-def _already_done(lake: Lake, retry_failed: bool) -> tuple[set[tuple[str, int, int]], dict[str, int]]:
-    """Inputs (uri, size, mtime) committed before, and attempt numbers for retried failures."""
-    done: set[tuple[str, int, int]] = set()
-    attempts: dict[str, int] = {}
-    for b in lake.scan("videos", columns=["uri", "size_bytes", "mtime_ns", "status"]):
-        for uri, size, mtime, status in zip(*(b.column(i).to_pylist() for i in range(4))):
-            if retry_failed and status == "failed":
-                continue
-            done.add((uri, size, mtime))
+@dataclass
+class LakeState:
+    """What one scan of `videos` tells a new run: inputs to skip (uri, size, mtime), attempt numbers of
+    retried failures, and the content ids already committed (byte-identical inputs become duplicates)."""
+
+    done: set[tuple[str, int, int]] = field(default_factory=set)
+    attempts: dict[str, int] = field(default_factory=dict)
+    known_ids: dict[str, str] = field(default_factory=dict)
+
+
+def lake_state(lake: Lake, retry_failed: bool) -> LakeState:
+    state = LakeState()
+    for b in lake.scan("videos", columns=["uri", "size_bytes", "mtime_ns", "status", "video_id"]):
+        for uri, size, mtime, status, vid in zip(*(b.column(i).to_pylist() for i in range(5))):
+            if status == "ok" and vid:
+                state.known_ids.setdefault(vid, uri)
+            if not (retry_failed and status == "failed"):
+                state.done.add((uri, size, mtime))
     if retry_failed:
         for b in lake.scan("failures", columns=["uri", "attempt"]):
             for uri, attempt in zip(b.column(0).to_pylist(), b.column(1).to_pylist()):
-                attempts[uri] = max(attempts.get(uri, 1), (attempt or 1) + 1)
+                state.attempts[uri] = max(state.attempts.get(uri, 1), (attempt or 1) + 1)
         lake.delete("videos", "status = 'failed'")
-    return done, attempts
+    return state
 
 
 def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: str | Lake,
@@ -195,8 +204,8 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
 
     files, problems = discover(inputs, extensions, exclude=[lake.root])
     recover(lake)
-    done, attempts = _already_done(lake, retry_failed)
-    todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in done]
+    state = lake_state(lake, retry_failed)
+    todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in state.done]
     summary = RunSummary(pipe.name, lake.root, len(files), len(files) - len(todo), WriteStats(),
                          problems=problems)
 
@@ -204,7 +213,8 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     stale = stale_stages([b for b in built if isinstance(b, Stage)], lake)
     if todo:
         init_ray(address, num_cpus)
-        writer = LakeWriter(lake, fields, commit_every=pipe.commit_every, attempts=attempts)
+        writer = LakeWriter(lake, fields, commit_every=pipe.commit_every, attempts=state.attempts,
+                            known_ids=state.known_ids)
         per_block = max(1, -(-len(todo) // 4000))  # one video per task until the plan gets too long
         ds = build_plan(stages, input_blocks(todo, row_schema(fields), per_block))
         bar = _progress(len(todo), progress)

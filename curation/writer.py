@@ -35,7 +35,8 @@ class WriteStats:
 
 class LakeWriter:
     def __init__(self, lake: Lake, extra_fields: list[pa.Field], commit_every: int = 16,
-                 commit_seconds: float = 30.0, attempts: dict[str, int] | None = None):
+                 commit_seconds: float = 30.0, attempts: dict[str, int] | None = None,
+                 known_ids: dict[str, str] | None = None):
         self.lake = lake
         self.extra_fields = [f for f in extra_fields if f.name not in _BASE_NAMES]
         self.commit_every = commit_every
@@ -46,15 +47,7 @@ class LakeWriter:
         self.seen: set[str] = set()  # uris with at least one row received
         self._ready: list[list[dict]] = []  # complete videos waiting for a commit
         self._last_commit = time.monotonic()
-        self._known_ids = self._committed_video_ids()
-
-    def _committed_video_ids(self) -> dict[str, str]:
-        ids: dict[str, str] = {}
-        for b in self.lake.scan("videos", columns=["video_id", "uri", "status"]):
-            for vid, uri, status in zip(*(b.column(i).to_pylist() for i in range(3))):
-                if vid and status == "ok":
-                    ids.setdefault(vid, uri)
-        return ids
+        self._known_ids = dict(known_ids or {})  # video_id → uri of committed ok videos
 
     def add(self, row: dict) -> str | None:
         """Take one row; return the uri of the video it completed, if any."""
