@@ -5,6 +5,7 @@ decoded to (B, 3, T, H, W) tensors in [-1, 1] from each clip's crop suggestion."
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from curation.lake import Lake
-from curation.video import VideoReader
+from curation.video import VideoInfo, VideoReader, probe
 
 TIER_COLUMNS = ("clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height")
 OPTIONAL_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "sample_weight", "caption", "camera_motion")
@@ -141,12 +142,18 @@ def load_clip(ref: ClipRef, bucket: Bucket, stride: int = 1) -> torch.Tensor:
     """(3, T, H, W) float in [-1, 1]: T frames from the clip's start at `stride`, cropped to the crop
     suggestion, scaled to cover the bucket size and centre-cropped to it."""
     idx = [min(ref.start + i * stride, ref.end - 1) for i in range(bucket.frames)]
-    frames = VideoReader(ref.uri).read(idx)
+    frames = VideoReader(ref.uri, info=_probe(ref.uri)).read(idx)
     x0, y0, x1, y1 = ref.crop
     out = np.empty((bucket.frames, bucket.height, bucket.width, 3), np.uint8)
     for i, f in enumerate(frames):
         out[i] = cover_resize(f[y0:y1, x0:x1], bucket.height, bucket.width)
     return torch.from_numpy(out).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe(uri: str) -> VideoInfo:
+    """Probe each source file once per process, not once per sample (many clips share a video)."""
+    return probe(uri)
 
 
 def cover_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
