@@ -43,7 +43,7 @@ def _fields_text() -> str:
     return "Fields (strings use no double quotes or backslashes):\n" + "\n".join(lines)
 
 
-def _speed_word(speed: float) -> str:
+def speed_word(speed: float) -> str:
     return "static" if speed < 0.01 else "slow" if speed < 0.03 else "moderate" if speed < 0.1 else "fast"
 
 
@@ -66,7 +66,7 @@ def hints_text(hints: dict) -> str:
         lines.append("- on-screen text: none detected" if h["text_area"] <= 0
                      else f"- on-screen text covers {100 * h['text_area']:.1f} % of the frame")
     if "motion" in h:
-        lines.append(f"- motion speed: {h['motion']:.3f} of the frame diagonal per second ({_speed_word(h['motion'])})")
+        lines.append(f"- motion speed: {h['motion']:.3f} of the frame diagonal per second ({speed_word(h['motion'])})")
     known = {"camera_motion", "camera_motion_confidence", "ocr_text", "text_area", "motion"}
     lines += [f"- {k}: {v}" for k, v in sorted(h.items()) if k not in known]
     return MEASURED + "\n" + "\n".join(lines) if lines else ""

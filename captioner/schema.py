@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -66,6 +67,13 @@ def text_pattern(max_chars: int, min_chars: int = 0) -> str:
         raise ValueError("a minimum length is only supported on strings of at most 128 characters")
     runs = -(-max_chars // REPEAT_MAX) - 1
     return f"^({safe}{{0,{REPEAT_MAX}}}){{0,{runs}}}{safe}{{0,{max_chars - REPEAT_MAX * runs}}}$"
+
+
+def clean_text(text: str, max_chars: int) -> str:
+    """`text` made to fit the string pattern: control characters become spaces, quotes and backslashes
+    are dropped, runs of spaces collapse, at most `max_chars` characters."""
+    text = re.sub(r"[\x00-\x1f]", " ", str(text)).replace('"', "").replace("\\", "")
+    return re.sub(r" +", " ", text).strip()[:max_chars].strip()
 
 
 def _text(name: str):
