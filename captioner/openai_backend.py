@@ -102,7 +102,7 @@ class ServerCaptioner(VLMCaptioner):
                         last = f"HTTP {e.status_code}: {str(e)[:300]}"
                         continue
                     return Generation(None, error_kind=REQUEST_ERROR, error=f"HTTP {e.status_code}: {str(e)[:300]}")
-                except openai.OpenAIError as e:  # an answer the client cannot read (not an OpenAI response)
+                except Exception as e:  # an answer the client cannot read (not JSON, not OpenAI)
                     return Generation(None, error_kind=SERVER_ERROR, error=f"{type(e).__name__}: {str(e)[:300]}")
                 return _generation(resp)
             return Generation(None, error_kind=SERVER_ERROR, error=f"{last} (after {c.retries + 1} attempts)")
