@@ -15,12 +15,12 @@ import time
 
 from curation import synth
 from curation.schema import row_schema, rows_to_table
+from curation.scoring import ScoreGroup
 from filters.borders import BorderScorer
 from filters.clarity import ClarityScorer
 from filters.embedding import PerceptualEmbeddingScorer
 from filters.motion import MotionScorer
 from filters.ocr import OcrScorer
-from filters.sampling import ScoreGroup
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera"]
 

@@ -1,4 +1,5 @@
-"""The `videocurate` command line: run a pipeline, query the lake with SQL, run the demo."""
+"""The `videocurate` command line: run a pipeline, query the lake with SQL, tiers, the demo, and the
+commands plugins register (the trainer's `train`)."""
 
 from __future__ import annotations
 
@@ -61,23 +62,18 @@ def cmd_tier(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from training.stages import load_stages, train_from_tiers
-
-    plan = load_stages(args.stages)
-    if args.preset:
-        plan.model = args.preset
-    summary = train_from_tiers(args.lake, plan, args.vae, args.out, text_encoder=args.text_encoder,
-                               max_steps=args.max_steps, device=args.device, seed=args.seed)
-    for name, s in summary.items():
-        print(f"{name}: {s}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from curation.demo import run_demo
 
     return run_demo(args.out, num_cpus=args.num_cpus)
+
+
+def plugin_commands() -> list:
+    """`register(subparsers)` functions of installed packages (entry-point group `videocurate.commands`);
+    the trainer adds `train` this way."""
+    from importlib.metadata import entry_points
+
+    return [ep.load() for ep in sorted(entry_points(group="videocurate.commands"), key=lambda e: e.name)]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,17 +113,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--only", nargs="+", help="write only these tiers")
     t.set_defaults(func=cmd_tier)
 
-    tr = sub.add_parser("train", help="train the DiT stage by stage from the lake's tiers (low resolution first)")
-    tr.add_argument("--lake", "-l", required=True)
-    tr.add_argument("--vae", required=True, help="CausalVAE state-dict file, or 'random' for a smoke test")
-    tr.add_argument("--stages", default="train_stages", help="stage spec YAML path or bundled name")
-    tr.add_argument("--preset", help="model preset (overrides the spec): tiny, small, hunyuan-13b")
-    tr.add_argument("--text-encoder", default="tiny", help="tiny, minilm, or a local Hugging Face folder")
-    tr.add_argument("--out", default="checkpoints", help="folder for one checkpoint per stage")
-    tr.add_argument("--max-steps", type=int, help="cap every stage at this many steps (smoke runs)")
-    tr.add_argument("--device", default="cpu")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.set_defaults(func=cmd_train)
+    for register in plugin_commands():
+        register(sub)
 
     d = sub.add_parser("demo", help="make sample videos from real photos, curate them, show the results")
     d.add_argument("--out", default="videocurate-demo", help="folder for the sample videos and the lake")

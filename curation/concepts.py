@@ -17,70 +17,59 @@ only new clips to the stored centroids unless they are more than `refit_fraction
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.sparse import csr_matrix
+from pydantic import Field
 
-from curation.dedup import TABLE, check_table, quote, unit, vectors
-from curation.errors import ConfigError
 from curation.lake import Lake
-from curation.stage import build_params
+from curation.stage import Step, params
+from curation.vectors import TABLE, check_table, nearest, quote, spherical_kmeans, unit, vectors
 
 CENTROIDS = "concepts"
 KEY = "clip_id"
 OUTPUT_COLUMNS = ("concept", "concept_distance", "concept_rank", "sample_weight")
-SEMANTIC_PARAMS = ("column", "k", "max_k", "sample_size", "iterations", "restarts", "seed", "weight_power",
-                   "skip_duplicates")
 
 
-@dataclass
+@params
 class ConceptParams:
     """Settings of the concepts step (defaults in brackets)."""
 
     column: str = "embedding"  # the fixed_size_list<float32>[d] embedding column
-    k: int | None = None  # number of concepts; None: round(sqrt(n / 2)), at most max_k
-    max_k: int = 10_000
-    sample_size: int = 200_000  # rows k-means trains on
-    iterations: int = 25  # Lloyd iterations (stops earlier when < 0.1 % of the sample moves)
-    restarts: int = 5  # independent seedings, best kept; only for k <= 256 (k-means++), 1 run above
+    k: Annotated[int, Field(ge=1)] | None = None  # number of concepts; None: round(sqrt(n / 2)), at most max_k
+    max_k: Annotated[int, Field(ge=1)] = 10_000
+    sample_size: Annotated[int, Field(ge=1)] = 200_000  # rows k-means trains on
+    iterations: Annotated[int, Field(ge=1)] = 25  # Lloyd iterations (stops earlier when < 0.1 % of the sample moves)
+    restarts: Annotated[int, Field(ge=1)] = 5  # independent seedings, best kept; only for k <= 256 (k-means++)
     seed: int = 0
-    weight_power: float = 1.0  # weight ∝ size^-power: 1 = equal mass per concept, 0.5 = softer, 0 = none
+    # weight ∝ size^-power: 1 = equal mass per concept, 0.5 = softer, 0 = none
+    weight_power: Annotated[float, Field(ge=0)] = 1.0
     skip_duplicates: bool = True  # rows with is_duplicate = true neither train, count nor get weight
-    refit_fraction: float = 0.2  # retrain when new clips exceed this share of the table
-    block_rows: int = 65536  # rows per streamed block
+    refit_fraction: Annotated[float, Field(ge=0)] = 0.2  # retrain when new clips exceed this share of the table
+    block_rows: Annotated[int, Field(ge=1)] = 65536  # rows per streamed block
     full: bool = False  # retrain and reassign everything
 
-    def __post_init__(self) -> None:
-        if self.k is not None and self.k < 1:
-            raise ConfigError(f"stage 'concepts': k must be >= 1, got {self.k}")
-        if self.weight_power < 0:
-            raise ConfigError(f"stage 'concepts': weight_power must be >= 0, got {self.weight_power}")
 
-
-class ConceptStep:
+class ConceptStep(Step):
     """Global step `concepts`: k-means concepts and balancing weights for the lake's clips. From Python:
     `ConceptStep({"k": 1000}).run(Lake(root))`."""
 
-    name: ClassVar[str] = "concepts"
-    version: ClassVar[str] = "1"
-    Params: ClassVar[type] = ConceptParams
+    name = "concepts"
+    version = "1"
+    Params = ConceptParams
+    semantic_params = ("column", "k", "max_k", "sample_size", "iterations", "restarts", "seed", "weight_power",
+                       "skip_duplicates")
 
-    def __init__(self, params: dict | ConceptParams | None = None):
-        self.params = params if isinstance(params, ConceptParams) else build_params(ConceptParams, params or {},
-                                                                                   self.name)
+    def input_columns(self) -> list[str]:
+        return [self.params.column]
 
-    def provenance(self) -> dict:
-        p = dataclasses.asdict(self.params)
-        return {"stage": self.name, "version": self.version,
-                "params": {k: v for k, v in p.items() if k in SEMANTIC_PARAMS}}
+    def output_columns(self) -> list[str]:
+        return list(OUTPUT_COLUMNS)
 
     def run(self, lake: Lake) -> dict:
         t0 = time.perf_counter()
@@ -91,7 +80,7 @@ class ConceptStep:
         with_emb = f"{quote(p.column)} IS NOT NULL"
         n = ds.count_rows(filter=with_emb)
         new = ds.count_rows(filter=f"{with_emb} AND concept IS NULL") if has else n
-        stale = self._stale(lake)
+        stale = self.is_stale(lake)
         summary = {"step": self.name, "clips": n, "new": new, "trained": False, "k": None,
                    "rows_written": 0}
         if n == 0 or (new == 0 and not stale and not p.full):
@@ -112,16 +101,10 @@ class ConceptStep:
         if table.num_rows:
             lake.merge_columns(TABLE, table, on=KEY)
         lake.overwrite(CENTROIDS, centroid_table(centroids, sizes, weights))
-        lake.record_producers(TABLE, {c: self.provenance() for c in OUTPUT_COLUMNS})
+        self.record(lake)
         summary.update(k=len(centroids), rows_written=table.num_rows, empty_concepts=int((sizes == 0).sum()),
                        seconds=round(time.perf_counter() - t0, 3))
         return summary
-
-    def _stale(self, lake: Lake) -> bool:
-        recorded = lake.producers(TABLE).get("concept")
-        current = self.provenance()
-        return recorded is not None and (recorded.get("version") != current["version"]
-                                         or recorded.get("params") != current["params"])
 
 
 def default_k(n: int, max_k: int) -> int:
@@ -146,74 +129,6 @@ def draw_sample(ds, p: ConceptParams, n: int) -> np.ndarray:
         parts.append(unit(x[pick]))
     sample = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
     return sample[: p.sample_size]
-
-
-# ---- k-means -------------------------------------------------------------------------------------------
-def nearest(x: np.ndarray, c: np.ndarray, block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """Index of and cosine to the nearest centroid for unit rows x (blocked GEMM)."""
-    idx = np.empty(len(x), np.int64)
-    sim = np.empty(len(x), np.float32)
-    for s in range(0, len(x), block):
-        g = x[s:s + block] @ c.T
-        idx[s:s + block] = g.argmax(axis=1)
-        sim[s:s + block] = g[np.arange(len(g)), idx[s:s + block]]
-    return idx, sim
-
-
-def init_centroids(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++ seeding (best of 2 + log k draws per centre, as scikit-learn does) on a subsample
-    for k <= 256, where it costs k passes; random distinct rows above that, where Lloyd's iterations and
-    empty-cluster reseeding do the work (as faiss does)."""
-    if k > 256:
-        return x[rng.choice(len(x), k, replace=False)].copy()
-    sub = x[rng.choice(len(x), min(len(x), max(50 * k, 4096)), replace=False)]
-    trials = 2 + int(math.log(k))
-    centers = [sub[rng.integers(len(sub))]]
-    dist = np.maximum(1.0 - sub @ centers[0], 0) ** 2
-    for _ in range(1, k):
-        total = dist.sum()
-        if total <= 0:
-            cand = rng.integers(len(sub), size=trials)
-        else:
-            cand = rng.choice(len(sub), size=trials, p=dist / total)
-        new = np.minimum(dist[None, :], np.maximum(1.0 - sub[cand] @ sub.T, 0) ** 2)
-        best = int(new.sum(axis=1).argmin())
-        centers.append(sub[cand[best]])
-        dist = new[best]
-    return np.stack(centers)
-
-
-def spherical_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, restarts: int = 1) -> np.ndarray:
-    """Lloyd's algorithm on unit vectors with unit centroids (cosine k-means); the best of `restarts` runs
-    by total cosine to the centroids (seeding can put two centres in one big cluster and leave a small one
-    unserved, a local optimum Lloyd cannot leave)."""
-    rng = np.random.default_rng(seed)
-    best, best_score = None, -np.inf
-    for _ in range(max(1, restarts)):
-        c, score = lloyd(x, init_centroids(x, k, rng), iterations)
-        if score > best_score:
-            best, best_score = c, score
-    return best
-
-
-def lloyd(x: np.ndarray, c: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
-    """Lloyd's iterations from centroids c. Empty clusters are reseeded with the points worst served by
-    their centroid. Returns the centroids and the total cosine of the points to them."""
-    k = len(c)
-    prev = None
-    for _ in range(iterations):
-        idx, sim = nearest(x, c)
-        onehot = csr_matrix((np.ones(len(x), np.float32), (idx, np.arange(len(x)))), shape=(k, len(x)))
-        sums = np.asarray(onehot @ x)
-        counts = np.bincount(idx, minlength=k)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):
-            sums[empty] = x[np.argsort(sim)[: len(empty)]]
-        c = unit(sums).astype(np.float32)
-        if prev is not None and np.mean(prev != idx) < 1e-3 and not len(empty):
-            break
-        prev = idx
-    return c, float(nearest(x, c)[1].sum())
 
 
 # ---- assignment and weights ---------------------------------------------------------------------------

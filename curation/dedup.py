@@ -7,7 +7,7 @@ Columns written to `clips` (rows with a null embedding are left null):
   is_duplicate  bool    false for the kept clip (and singletons), true for the others.
   dup_of        string  clip_id of the kept clip for duplicates, null for kept clips.
 
-Candidate pairs come from one of three searches; the final decision is always an exact float32 cosine.
+Candidate pairs come from one of two searches; the final decision is always an exact float32 cosine.
   exact  brute force in NumPy blocks (every new clip × every clip); `auto` picks it up to `exact_max_rows`.
   index  a bucketed self-join driven by the IVF model of the Lance vector index on the column: every
          vector is assigned to its `nprobes` nearest centroids (primary bucket = nearest), and per bucket
@@ -17,38 +17,31 @@ Candidate pairs come from one of three searches; the final decision is always an
          Vectors are held as one float16 copy (n × d × 2 bytes: 1 GB at 1M × 512), candidates are taken
          at the threshold minus the float16 error bound and re-scored from float32 in a second scan.
          Incremental runs compare only pairs with a new clip on one side.
-  knn    the earlier path: batched k-NN queries per clip through the Lance index (slower, kept for
-         comparison; needs the index to cover every row).
 Groups are the connected components of the duplicate graph (what union-find computes), so running
 incrementally gives the same groups as one run over everything."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curation.errors import ConfigError
 from curation.lake import Lake
-from curation.stage import build_params
+from curation.stage import Step, params
+from curation.vectors import TABLE, check_table, quote, spherical_kmeans, unit, vectors
 
-TABLE = "clips"
 KEY = "clip_id"
 OUTPUT_COLUMNS = ("dup_group", "is_duplicate", "dup_of")
-OUTPUT_FIELDS = [pa.field("dup_group", pa.string()), pa.field("is_duplicate", pa.bool_()),
-                 pa.field("dup_of", pa.string())]
-METHODS = ("auto", "exact", "index", "knn")
-# Params that change the answer: results recorded under other values are recomputed from scratch.
-SEMANTIC_PARAMS = ("column", "threshold", "keep_by")
 # |float16 dot - float32 dot| for unit vectors: each product carries <= 2 * 2**-11 relative error and
 # sum |x_i y_i| <= 1 (Cauchy-Schwarz), so 2**-10 plus float32 accumulation; 2e-3 leaves room to spare.
 FP16_MARGIN = 2e-3
@@ -57,46 +50,27 @@ FP16_MARGIN = 2e-3
 COARSE_FACTOR = 4
 
 
-@dataclass
+@params
 class DedupParams:
     """Settings of the dedup step (defaults in brackets)."""
 
     column: str = "embedding"  # the fixed_size_list<float32>[d] embedding column
-    threshold: float = 0.95  # cosine similarity at or above which two clips are duplicates
+    # cosine similarity at or above which two clips are duplicates
+    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.95
     # Which clip of a group is kept: "<column> asc|desc" in priority order; "resolution" = width*height.
     # Missing columns are skipped, nulls sort last, clip_id ascending breaks the remaining ties.
     keep_by: tuple[str, ...] = ("resolution desc", "clarity desc", "aesthetic desc")
-    # auto | exact (NumPy brute force) | index (bucketed join over the Lance IVF model) | knn (k-NN queries)
-    method: str = "auto"
+    # auto | exact (NumPy brute force) | index (bucketed join over the Lance IVF model's centroids)
+    method: Literal["auto", "exact", "index"] = "auto"
     # auto: brute force when at most this many clips have embeddings (measured crossover, RESULTS_dedup.md)
-    exact_max_rows: int = 10_000
-    k: int = 16  # knn only: neighbours asked of the index per clip; bigger groups still join through chains
-    # IVF buckets per vector: top-p centroids for `index` (None: 3), partitions probed per query for `knn`
-    # (None: 8)
-    nprobes: int | None = None
-    num_partitions: int | None = None  # IVF partitions when the step builds the index; None: ~sqrt(n)
+    exact_max_rows: Annotated[int, Field(ge=0)] = 10_000
+    nprobes: Annotated[int, Field(ge=1)] = 3  # buckets per vector in the join (top-p centroids)
+    # IVF partitions when the step builds the index; None: ~sqrt(n)
+    num_partitions: Annotated[int, Field(ge=1)] | None = None
     index_type: str = "IVF_FLAT"  # Lance index type built when none exists on the column
-    query_batch: int = 4096  # clips per batched index query / brute-force query block
-    block_rows: int = 16384  # rows per streamed block of the table
+    query_batch: Annotated[int, Field(ge=1)] = 4096  # rows per brute-force query block / join GEMM side
+    block_rows: Annotated[int, Field(ge=1)] = 16384  # rows per streamed block of the table
     full: bool = False  # recompute every clip, ignoring earlier results
-
-    def __post_init__(self) -> None:
-        self.keep_by = tuple(self.keep_by)
-        if self.method not in METHODS:
-            raise ConfigError(f"stage 'dedup': method must be one of {METHODS}, got {self.method!r}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"stage 'dedup': threshold is a cosine similarity in [-1, 1], "
-                              f"got {self.threshold}")
-        for spec in self.keep_by:
-            parse_key(spec)
-        if self.nprobes is not None and self.nprobes < 1:
-            raise ConfigError(f"stage 'dedup': nprobes must be >= 1, got {self.nprobes}")
-
-    def probes(self, method: str) -> int:
-        """nprobes with the per-method default: the join needs few buckets per vector, k-NN more."""
-        if self.nprobes is not None:
-            return self.nprobes
-        return 3 if method == "index" else 8
 
 
 @dataclass
@@ -119,31 +93,34 @@ class Candidates:
         return np.concatenate(self.a), np.concatenate(self.b), np.concatenate(self.sim)
 
 
-class DedupStep:
+class DedupStep(Step):
     """Global step `dedup`: marks near-duplicate clips in the lake's `clips` table. Usable from the runner
-    (between streaming segments) and from Python: `DedupStep({"threshold": 0.97}).run(Lake(root))`."""
+    and from Python: `DedupStep({"threshold": 0.97}).run(Lake(root))`."""
 
-    name: ClassVar[str] = "dedup"
-    version: ClassVar[str] = "1"
-    Params: ClassVar[type] = DedupParams
+    name = "dedup"
+    version = "1"
+    Params = DedupParams
+    semantic_params = ("column", "threshold", "keep_by")  # others change the speed, not the answer
 
     def __init__(self, params: dict | DedupParams | None = None):
-        self.params = params if isinstance(params, DedupParams) else build_params(DedupParams, params or {}, self.name)
+        super().__init__(params)
+        for spec in self.params.keep_by:
+            parse_key(spec)
 
-    def provenance(self) -> dict:
-        p = dataclasses.asdict(self.params)
-        return {"stage": self.name, "version": self.version,
-                "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()
-                           if k in SEMANTIC_PARAMS}}
+    def input_columns(self) -> list[str]:
+        return [self.params.column]
+
+    def output_columns(self) -> list[str]:
+        return list(OUTPUT_COLUMNS)
 
     def run(self, lake: Lake) -> dict:
         t0 = time.perf_counter()
         p = self.params
         ds = lake.dataset(TABLE)
         dim = check_table(ds, p.column, self.name)
-        full = p.full or self._stale(lake)
-        if not full and ds.schema.get_field_index("dup_group") >= 0 \
-                and ds.count_rows(filter=embedding_filter(p.column, ds, only_new=True)) == 0:
+        stale = self.is_stale(lake)
+        full = p.full or stale
+        if not full and ds.count_rows(filter=embedding_filter(p.column, ds, only_new=True)) == 0:
             # nothing new: answer without reading the table (a rerun must stay cheap and write nothing)
             return {"step": self.name, "clips": ds.count_rows(filter=f"{quote(p.column)} IS NOT NULL"),
                     "checked": 0, "method": None, "candidate_pairs": 0, "pairs": 0, "groups": 0,
@@ -158,24 +135,17 @@ class DedupStep:
             summary["seconds"] = round(time.perf_counter() - t0, 3)
             return summary
         method = p.method if p.method != "auto" else ("exact" if n <= p.exact_max_rows else "index")
-        new_filter = embedding_filter(p.column, ds, only_new=not full)
         timings = {"read_meta": time.perf_counter() - t0}
         if method == "exact":
-            cands = exact_pairs(ds, p, new_filter, meta["rowid"])
-        elif method == "knn":
-            t = time.perf_counter()
-            ds = ensure_index(lake, p, n, dim)
-            timings["index"] = time.perf_counter() - t
-            cands = index_pairs(ds, p, new_filter, meta["rowid"])
+            cands = exact_pairs(ds, p, embedding_filter(p.column, ds, only_new=not full), meta["rowid"])
+            timings["search"] = time.perf_counter() - t0 - timings["read_meta"]
         else:
             t = time.perf_counter()
             centroids, source = ivf_centroids(lake, p, n, dim)
             timings["index"] = time.perf_counter() - t
-            summary.update(buckets=len(centroids), centroids=source, nprobes=p.probes("index"))
+            summary.update(buckets=len(centroids), centroids=source, nprobes=p.nprobes)
             cands = bucket_pairs(ds, p, meta["rowid"], is_new, centroids, timings)
         t = time.perf_counter()
-        if method != "index":  # the join records its own phases (assign, join, rescore)
-            timings["search"] = t - t0 - sum(timings.values())
         a, b, _ = cands.arrays()
         a, b = unique_pairs(a, b, n)  # `pairs` counts unordered pairs, whichever search found them
         comp = components(n, a, b, meta["old_label"])
@@ -184,22 +154,14 @@ class DedupStep:
         t = time.perf_counter()
         if table.num_rows:
             lake.merge_columns(TABLE, table, on=KEY)
-        if table.num_rows or self._stale(lake):
-            lake.record_producers(TABLE, {c: self.provenance() for c in OUTPUT_COLUMNS})
+        if table.num_rows or stale:
+            self.record(lake)
         timings["write"] = time.perf_counter() - t
         summary.update(method=method, candidate_pairs=cands.scored, pairs=len(a), groups=n_groups,
                        duplicates=n_dups, rows_written=table.num_rows,
                        seconds=round(time.perf_counter() - t0, 3),
                        timings={k: round(v, 3) for k, v in timings.items()})
         return summary
-
-    def _stale(self, lake: Lake) -> bool:
-        """True when the columns exist but were produced under other semantic params or version."""
-        recorded = lake.producers(TABLE).get("dup_group")
-        if recorded is None:
-            return False
-        current = self.provenance()
-        return recorded.get("version") != current["version"] or recorded.get("params") != current["params"]
 
 
 def parse_key(spec: str) -> tuple[str, bool]:
@@ -210,47 +172,11 @@ def parse_key(spec: str) -> tuple[str, bool]:
     return parts[0], len(parts) == 1 or parts[1].lower() == "desc"
 
 
-# ---- shared table checks and streaming (also used by curation.concepts) -----------------------------
-def check_table(ds, column: str, step: str) -> int:
-    """Validate that `clips` exists and `column` is a float vector column; return its dimension."""
-    if ds is None:
-        raise ConfigError(f"step '{step}': the lake has no '{TABLE}' table; run the split and embedding "
-                          f"stages first")
-    idx = ds.schema.get_field_index(column)
-    if idx < 0:
-        raise ConfigError(f"step '{step}': table '{TABLE}' has no embedding column '{column}' (set the "
-                          f"step's `column` parameter, or run an embedding stage first)")
-    typ = ds.schema.field(column).type
-    if not (pa.types.is_fixed_size_list(typ) and pa.types.is_floating(typ.value_type)):
-        raise ConfigError(f"step '{step}': column '{column}' must be fixed_size_list<float32>[d], got {typ}")
-    return typ.list_size
-
-
-def quote(column: str) -> str:
-    return f"`{column}`"
-
-
 def embedding_filter(column: str, ds, only_new: bool) -> str:
     cond = f"{quote(column)} IS NOT NULL"
     if only_new and ds.schema.get_field_index("dup_group") >= 0:
         cond += " AND dup_group IS NULL"
     return cond
-
-
-def vectors(batch: pa.RecordBatch | pa.Table, column: str) -> np.ndarray:
-    """(rows, d) float32 view of a fixed_size_list column of one batch (no Python lists)."""
-    arr = batch.column(batch.schema.get_field_index(column))
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    d = arr.type.list_size
-    flat = arr.flatten() if arr.offset or arr.null_count else arr.values
-    return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, d)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (zero rows stay zero), so a dot product is a cosine."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def stream(ds, columns: list[str], where: str, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -321,53 +247,6 @@ def create_index(ds, p: DedupParams, n: int, dim: int) -> None:
     ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
 
 
-def ensure_index(lake: Lake, p: DedupParams, n: int, dim: int):
-    """A cosine vector index on the column that covers every row: built when missing (IVF_FLAT by
-    default, see RESULTS_dedup.md for the measurement), extended with new rows otherwise."""
-    ds = lake.dataset(TABLE)
-    name = vector_index(ds, p.column)
-    if name is None:
-        create_index(ds, p, n, dim)
-    elif ds.stats.index_stats(name).get("num_unindexed_rows", 0):
-        # Unindexed rows are searched by a flat scan per query; folding them in is cheaper.
-        ds.optimize.optimize_indices(index_names=[name])
-    return lake.dataset(TABLE)
-
-
-def index_pairs(ds, p: DedupParams, new_filter: str, sorted_rowids: np.ndarray) -> Candidates:
-    """Batched k-NN through the Lance index for each block of new clips, restricted to a distance a little
-    looser than the threshold; the hits are then re-scored with an exact float32 cosine."""
-    out = Candidates()
-    # Lance's cosine distance is 1 - cos; the slack lets a quantised index (SQ/PQ) miss nothing exact.
-    max_dist = 1.0 - p.threshold + 0.02
-    for qb in stream(ds, [p.column], new_filter, p.query_batch):
-        q = vectors(qb, p.column)
-        qrow = qb.column("_rowid").to_numpy()
-        hits = ds.to_table(nearest={"column": p.column, "q": q, "k": p.k + 1, "nprobes": p.probes("knn"),
-                                    "distance_range": (None, max_dist)},
-                           columns=["_distance"], with_row_id=True)
-        qi = hits.column("query_index").to_numpy()
-        hrow = hits.column("_rowid").to_numpy()
-        keep = hrow != qrow[qi]
-        qi, hrow = qi[keep], hrow[keep]
-        out.scored += len(hrow)
-        if not len(hrow):
-            continue
-        sim = exact_cosine(ds, p.column, unit(q)[qi], hrow)
-        ok = sim >= p.threshold
-        out.add(positions(qrow[qi[ok]], sorted_rowids), positions(hrow[ok], sorted_rowids), sim[ok])
-    return out
-
-
-def exact_cosine(ds, column: str, q_unit: np.ndarray, rowids: np.ndarray) -> np.ndarray:
-    """Exact cosine between each query row and the stored vector of the matching row id."""
-    uniq, inverse = np.unique(rowids, return_inverse=True)
-    # take by row id (not offset): ids stay valid whatever the fragment layout or deletions
-    got = ds._take_rows(uniq.tolist(), columns=[column])
-    x = unit(vectors(got, column))
-    return np.einsum("ij,ij->i", q_unit, x[inverse])
-
-
 # ---- bucketed join over the IVF model (method "index") ---------------------------------------------
 def default_partitions(n: int) -> int:
     """~sqrt(n) buckets (at least 32 rows each): the join's GEMM work is ~ nprobes * n^2 * d / buckets
@@ -397,9 +276,7 @@ def ivf_centroids(lake: Lake, p: DedupParams, n: int, dim: int) -> tuple[np.ndar
 
 
 def train_centroids(ds, p: DedupParams, k: int, per_centroid: int = 64, iterations: int = 10) -> np.ndarray:
-    """Spherical k-means (curation.concepts') on an evenly strided sample of the streamed vectors."""
-    from curation.concepts import spherical_kmeans  # concepts imports this module: import late
-
+    """Seeded spherical k-means on an evenly strided sample of the streamed vectors."""
     total = ds.count_rows(filter=f"{quote(p.column)} IS NOT NULL")
     stride = max(1, total // max(1, k * per_centroid))
     parts = [unit(vectors(b, p.column))[::stride]
@@ -427,7 +304,7 @@ def assign_all(ds, p: DedupParams, sorted_rowids: np.ndarray,
     float16 halves the resident copy (1 GB at 1M x 512); the GEMMs still run in float32 per bucket."""
     n, dim = len(sorted_rowids), centroids.shape[1]
     x16 = np.empty((n, dim), np.float16)
-    top = np.empty((n, min(p.probes("index"), len(centroids))), np.int32)
+    top = np.empty((n, min(p.nprobes, len(centroids))), np.int32)
     for b in stream(ds, [p.column], f"{quote(p.column)} IS NOT NULL", p.block_rows):
         x = unit(vectors(b, p.column))
         pos = positions(b.column("_rowid").to_numpy(), sorted_rowids)
@@ -490,8 +367,8 @@ def unique_pairs(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.n
     return code // n, code % n
 
 
-def rescore(ds, p: DedupParams, sorted_rowids: np.ndarray, dim: int, a: np.ndarray, b: np.ndarray,
-            chunk: int = 65536) -> np.ndarray:
+def exact_similarity(ds, p: DedupParams, sorted_rowids: np.ndarray, dim: int, a: np.ndarray,
+                     b: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Exact float32 cosine of pairs of positions: a second sequential scan keeps the float32 unit vectors
     of just the rows that occur in a pair (a scan reads faster than random takes of scattered rows)."""
     need = np.unique(np.concatenate([a, b]))
@@ -525,7 +402,7 @@ def bucket_pairs(ds, p: DedupParams, sorted_rowids: np.ndarray, is_new: np.ndarr
     a, b = unique_pairs(a, b, len(sorted_rowids))
     timings["join"] = time.perf_counter() - t
     t = time.perf_counter()
-    sim = rescore(ds, p, sorted_rowids, dim, a, b)
+    sim = exact_similarity(ds, p, sorted_rowids, dim, a, b)
     timings["rescore"] = time.perf_counter() - t
     ok = sim >= p.threshold
     out = Candidates(scored=approx.scored)

@@ -15,9 +15,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 import lance  # noqa: E402
 
 from curation.errors import ConfigError  # noqa: E402
-from curation.schema import FAILURES_SCHEMA  # noqa: E402
 
-CORE_TABLES = ("videos", "clips", "failures")
 PRODUCERS_KEY = "videocurate.producers"
 
 
@@ -132,6 +130,3 @@ class Lake:
             return
         merged = {**self.producers(table), **producers}
         ds.update_schema_metadata({PRODUCERS_KEY: json.dumps(merged, sort_keys=True, default=str)})
-
-    def empty_failures(self) -> pa.Table:
-        return FAILURES_SCHEMA.empty_table()

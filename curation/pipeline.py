@@ -1,43 +1,25 @@
-"""Pipeline descriptions: a YAML list of streaming stages and global steps, resolved to stage objects
-through a registry of names, with `--set STAGE.PARAM=VALUE` overrides."""
+"""Pipeline descriptions: a YAML list of streaming stages and global steps, resolved to objects through the
+registry, with `--set STAGE.PARAM=VALUE` overrides. Everything is checked when the pipeline loads —
+keys, parameter types and ranges, resources, and that every column an entry reads is produced by an
+entry before it — so a bad pipeline fails before any work starts."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from curation import registry
 from curation.errors import ConfigError
-from curation.stage import Resources, Stage
-
-# name → "module:Class". Streaming stages work row by row; steps work on whole committed tables.
-STAGES = {
-    "probe": "curation.probe:ProbeStage",
-    "split": "curation.split:SplitStage",
-    "clarity": "filters.clarity:ClarityScorer",
-    "motion": "filters.motion:MotionScorer",
-    "ocr": "filters.ocr:OcrScorer",
-    "borders": "filters.borders:BorderScorer",
-    "aesthetic": "filters.aesthetic:AestheticScorer",
-    "embedding": "filters.embedding:PerceptualEmbeddingScorer",
-    "clip_embedding": "filters.embedding:ClipEmbeddingScorer",
-}
-STEPS = {
-    "dedup": "curation.dedup:DedupStep",
-    "concepts": "curation.concepts:ConceptStep",
-    "tiers": "curation.tiers:TierStep",
-}
+from curation.schema import INPUT_FIELDS
+from curation.stage import Producer, Stage, Step, build_resources
 
 PIPELINES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipelines")
-
-
-def _load(target: str):
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+PIPELINE_KEYS = {"name", "description", "commit_every", "stages"}
+ENTRY_KEYS = {"params", "resources"}
 
 
 @dataclass
@@ -49,15 +31,20 @@ class StageSpec:
     params: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
 
-    def build(self):
-        registry = STAGES if self.kind == "stage" else STEPS
-        if self.name not in registry:
-            raise ConfigError(f"unknown {self.kind} '{self.name}'; known: {sorted(registry)}")
-        cls = _load(registry[self.name])
-        if self.kind == "step":
+    def build(self) -> Producer:
+        cls = registry.resolve(self.name)
+        actual = "step" if issubclass(cls, Step) else "stage" if issubclass(cls, Stage) else None
+        if actual is None:
+            raise ConfigError(f"'{self.name}' is registered as {cls!r}, which is neither a Stage nor a Step")
+        if actual != self.kind:
+            raise ConfigError(f"'{self.name}' is a {actual}: write `- {actual}: {self.name}` in the pipeline")
+        if actual == "step":
+            if self.resources:
+                raise ConfigError(f"step '{self.name}' runs on the driver and takes no resources")
             return cls(self.params)
-        res = dataclasses.replace(cls.resources, **self.resources) if self.resources else None
-        return cls(self.params, res)
+        stage = cls(self.params)
+        stage.resources = build_resources(cls.resources, self.resources, f"stage '{self.name}'")
+        return stage
 
 
 @dataclass
@@ -74,7 +61,7 @@ class Pipeline:
         raise ConfigError(f"--set names '{name}', which is not in pipeline '{self.name}' "
                           f"(its entries: {[s.name for s in self.stages]})")
 
-    def override(self, assignments: list[str]) -> Pipeline:
+    def override(self, assignments: Iterable[str]) -> Pipeline:
         """Apply `STAGE.PARAM=VALUE` strings (VALUE parsed as YAML: numbers, lists, booleans)."""
         for item in assignments:
             key, eq, raw = item.partition("=")
@@ -84,18 +71,59 @@ class Pipeline:
             value = yaml.safe_load(raw)
             spec = self.spec(stage.strip())
             if param.startswith("resources."):
-                spec.resources[param.split(".", 1)[1]] = value
+                spec.resources[param.split(".", 1)[1].strip()] = value
             else:
                 spec.params[param.strip()] = value
         return self
 
-    def build(self) -> list[Stage | Any]:
-        return [s.build() for s in self.stages]
+    def build(self, available: Iterable[str] = ()) -> list[Producer]:
+        """Every entry as an object, checked: parameters, resources, order (stages before steps) and
+        input columns (from earlier entries, the run's input columns, or `available` ones the lake has)."""
+        built = [s.build() for s in self.stages]
+        check_order(built)
+        check_columns(built, {f.name for f in INPUT_FIELDS} | {"failures"} | set(available))
+        return built
+
+
+def check_order(built: list[Producer]) -> None:
+    """Streaming stages run before global steps (steps work on what the stages committed)."""
+    for i, entry in enumerate(built):
+        if isinstance(entry, Stage) and any(isinstance(e, Step) for e in built[:i]):
+            step = next(e for e in built[:i] if isinstance(e, Step))
+            raise ConfigError(f"stage '{entry.name}' comes after step '{step.name}': streaming stages run "
+                              f"first and steps after them on the committed tables; move it above")
+
+
+def check_columns(built: list[Producer], available: set[str]) -> None:
+    """Each entry's input columns must be produced by an entry before it (or already exist)."""
+    have = set(available)
+    for entry in built:
+        missing = [c for c in entry.input_columns() if c not in have]
+        if missing:
+            col = missing[0]
+            makers = producers_of(col)
+            hint = f"add one that produces it before it: {makers}" if makers else "no registered stage produces it"
+            kind = "step" if isinstance(entry, Step) else "stage"
+            raise ConfigError(f"{kind} '{entry.name}' reads column '{col}', which no entry before it produces; "
+                              f"{hint}")
+        have.update(entry.output_columns())
+
+
+def producers_of(column: str) -> list[str]:
+    """Registered stages and steps whose default configuration produces `column` (for error messages)."""
+    out = []
+    for name in registry.names():
+        try:
+            if column in registry.resolve(name)().output_columns():
+                out.append(name)
+        except Exception:  # noqa: BLE001 - an entry that needs settings to build just isn't listed
+            continue
+    return out
 
 
 def find_yaml(path_or_name: str) -> str | None:
     """A YAML file path as given, or the bundled `pipelines/<name>.yaml`; None when neither exists.
-    Pipelines, tier specs and training plans are all looked up this way."""
+    Pipelines, tier specs and training curricula are all looked up this way."""
     if os.path.exists(path_or_name):
         return path_or_name
     bundled = os.path.join(PIPELINES_DIR, f"{path_or_name.removesuffix('.yaml')}.yaml")
@@ -111,8 +139,8 @@ def resolve_path(path_or_name: str) -> str:
 
 
 def bundled_names() -> list[str]:
-    """Bundled pipelines (YAML files whose `stages:` are stages and steps; tier specs and training plans
-    live beside them)."""
+    """Bundled pipelines (YAML files whose `stages:` are stages and steps; tier specs and training
+    curricula live beside them)."""
     if not os.path.isdir(PIPELINES_DIR):
         return []
     names = []
@@ -120,32 +148,45 @@ def bundled_names() -> list[str]:
         if f.endswith(".yaml"):
             with open(os.path.join(PIPELINES_DIR, f)) as fh:
                 entries = (yaml.safe_load(fh) or {}).get("stages") or []
-                if entries and all("stage" in e or "step" in e for e in entries):  # not a training plan
+                if entries and all("stage" in e or "step" in e for e in entries):
                     names.append(f[:-5])
     return names
 
 
-def load_pipeline(source: str | dict, overrides: list[str] = ()) -> Pipeline:
+def load_pipeline(source: str | dict, overrides: Iterable[str] = ()) -> Pipeline:
     if isinstance(source, dict):
         doc = source
     else:
         with open(resolve_path(source)) as f:
             doc = yaml.safe_load(f) or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"a pipeline is a mapping with keys {sorted(PIPELINE_KEYS)}, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - PIPELINE_KEYS)
+    if unknown:
+        raise ConfigError(f"pipeline has unknown key(s) {unknown}; known: {sorted(PIPELINE_KEYS)}")
     specs = []
     for i, entry in enumerate(doc.get("stages") or []):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"pipeline entry {i} must be a mapping with a 'stage:' or 'step:' key, got {entry!r}")
         kind = "stage" if "stage" in entry else "step" if "step" in entry else None
         if kind is None:
             raise ConfigError(f"pipeline entry {i} needs a 'stage:' or 'step:' key: {entry}")
-        unknown = set(entry) - {kind, "params", "resources"}
+        unknown = set(entry) - {kind} - ENTRY_KEYS
         if unknown:
-            raise ConfigError(f"pipeline entry '{entry[kind]}' has unknown keys {sorted(unknown)}")
+            raise ConfigError(f"pipeline entry '{entry[kind]}' has unknown keys {sorted(unknown)}; "
+                              f"known: {sorted(ENTRY_KEYS)}")
         specs.append(StageSpec(entry[kind], kind, dict(entry.get("params") or {}),
                                dict(entry.get("resources") or {})))
     if not specs:
         raise ConfigError("pipeline has no stages")
-    pipe = Pipeline(doc.get("name", "pipeline"), specs, doc.get("description", ""),
-                    int(doc.get("commit_every", 16)))
-    return pipe.override(list(overrides))
+    try:
+        commit_every = int(doc.get("commit_every", 16))
+    except (TypeError, ValueError):
+        raise ConfigError(f"pipeline key 'commit_every' expects an integer, got {doc['commit_every']!r}") from None
+    if commit_every < 1:
+        raise ConfigError(f"pipeline key 'commit_every' must be >= 1, got {commit_every}")
+    pipe = Pipeline(str(doc.get("name", "pipeline")), specs, str(doc.get("description", "")), commit_every)
+    return pipe.override(overrides)
 
 
-__all__ = ["Pipeline", "StageSpec", "load_pipeline", "resolve_path", "Resources"]
+__all__ = ["Pipeline", "StageSpec", "load_pipeline", "resolve_path", "find_yaml", "bundled_names"]

@@ -8,6 +8,7 @@ import os
 
 import pyarrow as pa
 
+from curation.schema import INPUT_FIELDS, VIDEO_FIELDS
 from curation.stage import Resources, Stage, failure
 from curation.video import probe
 
@@ -29,6 +30,12 @@ class ProbeStage(Stage):
     name = "probe"
     version = "1"
     resources = Resources(num_cpus=1, batch_size=1)  # one input per task: a crash loses only that input
+
+    def input_columns(self) -> list[str]:
+        return [f.name for f in INPUT_FIELDS]
+
+    def output_columns(self) -> list[str]:
+        return [f.name for f in VIDEO_FIELDS]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self.probe_row(r) for r in batch.to_pylist()], schema=batch.schema)

@@ -6,6 +6,7 @@ Runs on an embedded local Ray by default and on a cluster with `address=`."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -19,15 +20,16 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.errors import ConfigError
 from curation.inputs import InputFile, discover
 from curation.lake import Lake
 from curation.pipeline import Pipeline, load_pipeline
 from curation.schema import FAILURES_SCHEMA, row_schema, rows_to_table
-from curation.stage import Stage, field_meta
+from curation.scoring import fuse
+from curation.stage import Stage, Step, field_meta
 from curation.writer import LakeWriter, WriteStats, failure_rows, recover
 
 log = logging.getLogger("videocurate")
-RETRIES = 2  # re-runs of a batch whose worker died, before its inputs are recorded as lost
 
 
 @dataclass
@@ -59,8 +61,9 @@ class RunSummary:
         return out
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start (or join) Ray quietly. Embedded local Ray unless `address` is given."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Start (or join) Ray quietly. Embedded local Ray unless `address` is given; `num_gpus` overrides the
+    GPUs the embedded Ray detects."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
@@ -72,31 +75,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
     ctx = ray.data.DataContext.get_current()
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.data")] + ["ray.data"]:
         logging.getLogger(name).setLevel(logging.ERROR)
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.max_errored_blocks = -1  # a crashed worker loses its block, not the run (see _finish)
-
-
-def fuse_scorers(stages: list[Stage]) -> list[Stage]:
-    """Consecutive scorers become one ScoreGroup stage: one decode of each clip's frames for all."""
-    out: list[Stage] = []
-    run: list[Stage] = []
-    for s in [*stages, None]:
-        if s is not None and hasattr(s, "score") and hasattr(s, "request"):
-            run.append(s)
-            continue
-        if run:
-            from filters.sampling import ScoreGroup
-
-            out.append(ScoreGroup(run))
-            run = []
-        if s is not None:
-            out.append(s)
-    return out
 
 
 def output_fields(stages: list[Stage]) -> list[pa.Field]:
@@ -120,6 +105,9 @@ def _actor_class(stage: Stage) -> type:
         def __call__(self, batch: pa.Table) -> pa.Table:
             return self.stage(batch)
 
+        def __del__(self):
+            self.stage.teardown()
+
     StageActor.__name__ = StageActor.__qualname__ = f"{type(stage).__name__}Actor"
     return StageActor
 
@@ -132,6 +120,7 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
     """Ray Data plan: from the input blocks through every stage, with each stage's resources."""
     import ray
 
+    fit_pools(stages, ray.cluster_resources().get("CPU", 0))
     ds = ray.data.from_arrow(blocks)
     for s in stages:
         r = s.resources
@@ -140,11 +129,10 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
         if r.num_gpus:
             common["num_gpus"] = r.num_gpus
         if s.stateful:  # an actor pool that grows with the cluster unless the YAML fixes its size
-            pool = r.concurrency or (1, max(1, int(ray.cluster_resources().get("CPU", 1) // max(r.num_cpus, 1))))
-            fn, retries = _actor_class(s), {"max_restarts": -1, "max_task_retries": RETRIES}
-            common["concurrency"] = pool
+            fn, retries = _actor_class(s), {"max_restarts": -1, "max_task_retries": r.retries}
+            common["concurrency"] = r.concurrency or (1, _pool_limit(r))
         else:
-            fn, retries = functools.partial(_call, s), {"max_retries": RETRIES}
+            fn, retries = functools.partial(_call, s), {"max_retries": r.retries}
             if r.concurrency:
                 common["concurrency"] = r.concurrency
         # A batch that kills its worker (a decoder segfault) is retried a few times, then its block is
@@ -155,6 +143,47 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
             warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated.*")
             ds = ds.map_batches(fn, **common, ray_remote_args_fn=lambda retries=retries: retries)
     return ds
+
+
+def _pool_limit(r) -> int:
+    """The most actors of one stage the cluster can hold at once (GPU stages: GPUs / num_gpus)."""
+    import ray
+
+    have = ray.cluster_resources()
+    by_cpu = int(have.get("CPU", 1) // max(r.num_cpus, 1))
+    by_gpu = int(have.get("GPU", 0) // r.num_gpus) if r.num_gpus else by_cpu
+    return max(1, min(by_cpu, by_gpu))
+
+
+def check_cluster(stages: list[Stage]) -> None:
+    """A stage asking for more GPUs (or CPUs) than one node of the cluster has would wait forever."""
+    import ray
+
+    have = ray.cluster_resources()
+    for s in stages:
+        for key, want in (("GPU", s.resources.num_gpus), ("CPU", s.resources.num_cpus)):
+            if want and have.get(key, 0) < want:
+                raise ConfigError(f"stage '{s.name}' asks for {want:g} {key}(s) per worker but the Ray cluster has "
+                                  f"{have.get(key, 0):g}; lower its resources.num_{key.lower()}s or join a cluster "
+                                  f"that has them (--address)")
+
+
+def fit_pools(stages: list[Stage], cpus: float) -> None:
+    """Each actor pool holds at least one actor for the whole run, so the task stages need CPUs beyond
+    the pools' or they never start (seen: `--num-cpus 1` with the default pipeline, or a CPU and a GPU
+    pool on 2 CPUs, hung). When the pools' minimum would leave too little, their per-actor CPU request is
+    scaled down to fit (the actors then share cores with the tasks) and a warning says so."""
+    pools = [s for s in stages if s.stateful]
+    held = sum((s.resources.concurrency or 1) * s.resources.num_cpus for s in pools)
+    task = max([s.resources.num_cpus for s in stages if not s.stateful], default=0.0)
+    if not pools or held + task <= cpus + 1e-9:
+        return
+    scale = max(0.0, cpus - task) / held
+    for s in pools:
+        s.resources = dataclasses.replace(s.resources, num_cpus=round(s.resources.num_cpus * scale, 3))
+    log.warning("the cluster has %g CPUs and the actor pools would hold %g with the task stages needing %g: "
+                "actor CPU requests scaled to %s", cpus, held, task,
+                ", ".join(f"{s.name} {s.resources.num_cpus:g}" for s in pools))
 
 
 def input_blocks(files: list[InputFile], schema: pa.Schema, per_block: int = 1) -> list[pa.Table]:
@@ -195,12 +224,14 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     """Run a pipeline over input paths into a lake. Completed inputs of earlier runs are skipped."""
     t0 = time.monotonic()
     pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline, list(overrides))
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
-    built = pipe.build()  # validates every parameter before any work starts
+    existing = lake if isinstance(lake, Lake) else Lake(lake) if os.path.isdir(lake) else None
+    have = existing.dataset("clips").schema.names if existing and existing.exists("clips") else []
+    built = pipe.build(available=have)  # parameters, resources and columns checked before any work
     for b in built:
-        getattr(b, "validate", lambda: None)()
-    stages = fuse_scorers([b for b in built if isinstance(b, Stage)])
-    steps = [b for b in built if not isinstance(b, Stage)]
+        b.validate()
+    lake = existing or Lake(lake)  # created only once the pipeline is known to be valid
+    stages = fuse([b for b in built if isinstance(b, Stage)])
+    steps = [b for b in built if isinstance(b, Step)]
 
     files, problems = discover(inputs, extensions, exclude=[lake.root])
     recover(lake)
@@ -210,9 +241,12 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
                          problems=problems)
 
     fields = output_fields(stages)
-    stale = stale_stages([b for b in built if isinstance(b, Stage)], lake)
-    if todo:
+    stale = [b for b in built if isinstance(b, Stage) and b.recorded_columns() and lake.exists("clips")
+             and b.is_stale(lake)]
+    if todo or stale:
         init_ray(address, num_cpus)
+        check_cluster(stages)
+    if todo:
         writer = LakeWriter(lake, fields, commit_every=pipe.commit_every, attempts=state.attempts,
                             known_ids=state.known_ids)
         per_block = max(1, -(-len(todo) // 4000))  # one video per task until the plan gets too long
@@ -228,9 +262,8 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
             writer.commit()
             bar.close()
         summary.stats = writer.stats
-    if stale and lake.exists("clips"):
-        init_ray(address, num_cpus)
-        summary.steps["rescore"] = rescore(lake, stale, {f.uri for f in todo}, progress)
+    if stale:
+        summary.steps["rescore"] = rescore_existing(lake, stale, {f.uri for f in todo}, progress)
     if todo or stale:
         lake.record_producers("clips", {f.name: _producer(f) for f in fields})
     for step in steps:
@@ -244,21 +277,10 @@ def _producer(f: pa.Field) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def stale_stages(stages: list[Stage], lake: Lake) -> list[Stage]:
-    """Column-adding stages whose columns in the lake were produced by another version or other
-    parameters (or are missing): only these are recomputed over clips already in the lake."""
-    if not lake.exists("clips"):
-        return []
-    recorded = lake.producers("clips")
-    canon = lambda d: json.loads(json.dumps(d, sort_keys=True, default=str))  # noqa: E731
-    return [s for s in stages if s.output_fields()
-            and any(recorded.get(f.name) != canon(s.provenance()) for f in s.output_fields())]
-
-
-def rescore(lake: Lake, stages: list[Stage], skip_uris: set[str], progress: bool) -> dict:
-    """Run `stages` over the clips already in the lake (except those of `skip_uris`, just written) and
-    set their columns in place."""
-    fused = fuse_scorers(stages)
+def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progress: bool) -> dict:
+    """Run `stages` (those whose columns are stale) over the clips already in the lake (except those of
+    `skip_uris`, just written) and set their columns in place."""
+    fused = fuse(stages)
     fields = output_fields(fused)
     schema = row_schema(fields)
     base = [f.name for f in schema if f.name in lake.dataset("clips").schema.names and

@@ -6,31 +6,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from curation.errors import ConfigError, VideoError
-from curation.stage import Resources, Stage, failure
+from curation.schema import CLIP_FIELDS, CLIP_VIDEO_COLUMNS
+from curation.stage import Resources, Stage, failure, params
 from curation.video import VideoInfo, VideoReader, fit_size
 
 DETECTORS = ("content", "adaptive", "threshold", "histogram")
+Detector = Literal["content", "adaptive", "threshold", "histogram"]
 
 
-@dataclass
+@params
 class SplitParams:
     """Scene-split settings. Thresholds left as None take PySceneDetect's defaults
     (content 27, adaptive 3.0, threshold 12, histogram 0.2)."""
 
-    detectors: list[str] = field(default_factory=lambda: ["content"])
-    threshold: float | None = None  # for the first detector
-    min_scene_len: int = 15  # frames between two cuts, at least
-    analysis_width: int = 256  # decode width for detection (the detectors' own downscale target)
-    min_clip_s: float = 2.0  # shots shorter than this are dropped
-    max_clip_s: float = 10.0  # shots longer than this are cut into windows of this length
-    sharp_start_frames: int = 5  # choose each clip's first frame among this many (0/1 = off)
-    backend: str = "auto"  # decord | pyav | auto
+    detectors: Annotated[list[Detector], Field(min_length=1)] = field(default_factory=lambda: ["content"])
+    threshold: Annotated[float, Field(gt=0)] | None = None  # for the first detector
+    min_scene_len: Annotated[int, Field(ge=1)] = 15  # frames between two cuts, at least
+    analysis_width: Annotated[int, Field(ge=16)] = 256  # decode width for detection
+    min_clip_s: Annotated[float, Field(gt=0)] = 2.0  # shots shorter than this are dropped
+    max_clip_s: Annotated[float, Field(gt=0)] = 10.0  # shots longer than this are cut into windows of this length
+    sharp_start_frames: Annotated[int, Field(ge=0)] = 5  # choose each clip's first frame among this many (0/1 = off)
+    backend: Literal["auto", "decord", "pyav"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,18 @@ class SplitStage(Stage):
     version = "1"
     Params = SplitParams
     resources = Resources(num_cpus=1, batch_size=1)
+
+    def __init__(self, params=None, resources: Resources | None = None):
+        super().__init__(params, resources)
+        if self.params.max_clip_s < self.params.min_clip_s:
+            raise ConfigError(f"stage 'split': max_clip_s ({self.params.max_clip_s}) is below min_clip_s "
+                              f"({self.params.min_clip_s})")
+
+    def input_columns(self) -> list[str]:
+        return ["uri", "video_id", "status", "width", "height", "fps", "frame_count"]
+
+    def output_columns(self) -> list[str]:
+        return ["cuts", "n_clips", *CLIP_VIDEO_COLUMNS, *(f.name for f in CLIP_FIELDS)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict] = []

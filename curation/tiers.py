@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import duckdb
 import numpy as np
@@ -20,7 +19,7 @@ from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.pipeline import find_yaml
 from curation.query import connect
-from curation.stage import build_params
+from curation.stage import Step, params
 
 DROP_FROM_TIERS = ("embedding",)  # large columns a tier does not repeat (join clips on clip_id for them)
 CROP_FIELDS = [pa.field(n, pa.int32()) for n in ("crop_x0", "crop_y0", "crop_x1", "crop_y1")]
@@ -39,7 +38,7 @@ class TierSpec:
     description: str = ""
 
 
-@dataclass
+@params
 class TiersParams:
     spec: str = "tiers"  # a tier spec YAML: path, or the name of a bundled one in pipelines/
     only: list[str] | None = None  # materialise just these tiers (their parents must exist or be listed)
@@ -89,18 +88,21 @@ def crop_boxes(table: pa.Table) -> list[pa.Array]:
     return [pa.array(boxes[:, j].astype(np.int32), pa.int32()) for j in range(4)]
 
 
-class TierStep:
-    """Global step `tiers`: (re)materialise every tier of a spec as `tiers/<name>`. From Python:
-    `TierStep({"spec": "tiers"}).run(Lake(root))`; from the CLI: `videocurate tier --lake L`."""
+class TierStep(Step):
+    """Global step `tiers`: (re)materialise every tier of a spec as `tiers/<name>` (tables, not columns:
+    cheap, so every run rewrites them). From Python: `TierStep({"spec": "tiers"}).run(Lake(root))`; from
+    the CLI: `videocurate tier --lake L`."""
 
-    name: ClassVar[str] = "tiers"
-    version: ClassVar[str] = "1"
-    Params: ClassVar[type] = TiersParams
+    name = "tiers"
+    version = "1"
+    Params = TiersParams
 
     def __init__(self, params: dict | TiersParams | None = None):
-        self.params = params if isinstance(params, TiersParams) else build_params(TiersParams, params or {},
-                                                                                 self.name)
+        super().__init__(params)
         self.specs = load_specs(self.params.spec)
+
+    def input_columns(self) -> list[str]:
+        return ["clip_id", "width", "height"]
 
     def run(self, lake: Lake) -> dict:
         t0 = time.monotonic()

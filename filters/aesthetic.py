@@ -4,29 +4,31 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from curation.errors import ConfigError
-from filters.base import ClipFrames, FrameRequest, Scorer
-from filters.clip_model import check_weights, clip_embed_dim, embed_frames, load_clip
+from curation.frames import ClipFrames, FrameRequest
+from curation.scoring import Scorer
+from curation.stage import Count, Side, params
+from filters.clip_model import check_weights, clip_embed_dim, embed_clips, load_open_clip
 
 
-@dataclass
+@params
 class AestheticParams:
     """model: open_clip architecture. pretrained: open_clip tag in the local cache or a checkpoint
     path (required). head: path of the MLP head state dict (`layers.0.weight` ...; required; its input
     width must equal the CLIP embedding width). frames: samples per clip. decode_side: longer side the
-    frames are decoded at (the CLIP transform then resizes/crops). device: torch device."""
+    frames are decoded at (the CLIP transform then resizes/crops). The device comes from the stage's
+    resources (num_gpus > 0: cuda)."""
 
     model: str = "ViT-L-14"
     pretrained: str | None = None
     head: str | None = None
-    frames: int = 4
-    decode_side: int = 448
-    device: str = "cpu"
+    frames: Count = 4
+    decode_side: Side = 448
 
 
 def build_head(dim: int):
@@ -94,13 +96,14 @@ class AestheticScorer(Scorer):
         p = self.params
         dim = clip_embed_dim(self.name, p.model)
         head = load_head(self.name, p.head, dim)  # checked first: it fails faster than a CLIP load
-        self.model, self.preprocess = load_clip(self.name, p.model, p.pretrained, p.device)
-        self.head = head.to(p.device)
+        self.model, self.preprocess = load_open_clip(self.name, p.model, p.pretrained, self.device)
+        self.head = head.to(self.device)
 
-    def score(self, clip: ClipFrames) -> dict:
+    def score_batch(self, clips: Sequence[ClipFrames]) -> list[dict]:
         import torch
 
-        emb = embed_frames(self.model, self.preprocess, clip.at(self.params.decode_side), self.params.device)
+        embs = embed_clips(self.model, self.preprocess, [c.at(self.params.decode_side) for c in clips], self.device)
         with torch.no_grad():
-            scores = self.head(torch.from_numpy(emb).to(self.params.device)).squeeze(-1).cpu().numpy()
-        return {"aesthetic": float(np.mean(scores))}
+            scores = self.head(torch.from_numpy(np.concatenate(embs)).to(self.device)).squeeze(-1).cpu().numpy()
+        bounds = np.cumsum([0, *(len(e) for e in embs)])
+        return [{"aesthetic": float(np.mean(scores[a:b]))} for a, b in zip(bounds[:-1], bounds[1:])]

@@ -3,25 +3,28 @@ found on a max-projection of the sampled frames so one dark frame cannot fake a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from filters.base import ClipFrames, FrameRequest, Scorer
+from curation.frames import ClipFrames, FrameRequest
+from curation.scoring import Scorer
+from curation.stage import Count, Fraction, Side, params
 
 
-@dataclass
+@params
 class BorderParams:
     """frames: samples per clip. max_side: analysis size (at or below it the box is exact to the pixel;
     above it, exact to native/max_side pixels). threshold: luma at or below which a pixel counts as bar
     (black after lossy coding is rarely above 16-24). bright_fraction: a row/column whose share of
     pixels above the threshold is at most this is still bar (tolerates coding speckle)."""
 
-    frames: int = 8
-    max_side: int | None = 640
-    threshold: int = 24
-    bright_fraction: float = 0.01
+    frames: Count = 8
+    max_side: Side | None = 640
+    threshold: Annotated[int, Field(ge=0, le=255)] = 24
+    bright_fraction: Fraction = 0.01
 
 
 def _bar_extent(bright: np.ndarray, limit: float) -> tuple[int, int]:

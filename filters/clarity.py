@@ -3,16 +3,16 @@ so that the same picture scores alike whatever the resolution of the file it cam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 import pyarrow as pa
 
-from filters.base import ClipFrames, FrameRequest, Scorer
+from curation.frames import ClipFrames, FrameRequest
+from curation.scoring import Scorer
+from curation.stage import Count, NonNegative, Side, params
 
 
-@dataclass
+@params
 class ClarityParams:
     """frames: samples per clip. analysis_side: every frame is resized (area-averaged down, or cubic
     up for smaller sources, whose missing detail then shows as a low score) so its longer side is this
@@ -21,9 +21,9 @@ class ClarityParams:
     file was resampled (a 640→256 and a 384→256 downscale differ by ~2x in raw Laplacian variance);
     with it renditions of one picture at 320-640 px agree within ~20 % while blur still shows."""
 
-    frames: int = 8
-    analysis_side: int = 256
-    sigma: float = 0.8
+    frames: Count = 8
+    analysis_side: Side = 256
+    sigma: NonNegative = 0.8
 
 
 class ClarityScorer(Scorer):

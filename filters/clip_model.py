@@ -40,22 +40,32 @@ def check_weights(stage: str, model_name: str, pretrained: str | None) -> None:
     clip_embed_dim(stage, model_name)
 
 
-@functools.lru_cache(maxsize=4)
-def load_clip(stage: str, model_name: str, pretrained: str | None, device: str = "cpu"):
+def load_open_clip(stage: str, model_name: str, pretrained: str | None, device: str = "cpu"):
     """(model in eval mode, image preprocess) for `model_name` with weights from `pretrained`. Cached per
-    process, so scorers sharing one CLIP (embedding and aesthetic) hold one copy."""
+    process by (model, weights, device), so scorers sharing one CLIP (embedding and aesthetic) hold one
+    copy; `stage` only names the scorer in errors."""
     check_weights(stage, model_name, pretrained)
-    import open_clip
-
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
-                                                                     device=device)
+        return _open_clip(model_name, pretrained, device)
     except Exception as exc:  # noqa: BLE001 - any loader failure is a configuration problem here
         raise ConfigError(f"stage '{stage}': cannot load open_clip '{model_name}' with pretrained="
                           f"{pretrained!r} ({type(exc).__name__}: {exc}); offline, give a local checkpoint "
                           f"path or a tag that is already cached") from exc
-    model.eval()
-    return model, preprocess
+
+
+@functools.lru_cache(maxsize=4)
+def _open_clip(model_name: str, pretrained: str | None, device: str):
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    return model.eval(), preprocess
+
+
+def embed_clips(model, preprocess, clips: list[np.ndarray], device: str = "cpu") -> list[np.ndarray]:
+    """Per clip, its frames' (K, d) embeddings: one model batch over the frames of every clip."""
+    emb = embed_frames(model, preprocess, np.concatenate(clips), device)
+    bounds = np.cumsum([0, *(len(f) for f in clips)])
+    return [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def embed_frames(model, preprocess, frames: np.ndarray, device: str = "cpu") -> np.ndarray:

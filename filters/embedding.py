@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Annotated
 
 import cv2
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
-from filters.base import ClipFrames, FrameRequest, Scorer
-from filters.clip_model import check_weights, clip_embed_dim, embed_frames, load_clip
+from curation.frames import ClipFrames, FrameRequest
+from curation.scoring import Scorer
+from curation.stage import Count, NonNegative, Side, params
+from filters.clip_model import check_weights, clip_embed_dim, embed_clips, load_open_clip
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -19,16 +23,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / n if n > 1e-12 else v
 
 
-@dataclass
+@params
 class ClipEmbeddingParams:
     """model: open_clip architecture. pretrained: tag in the local cache or checkpoint path (required).
-    frames: samples per clip. decode_side: decode size (longer side). device: torch device."""
+    frames: samples per clip. decode_side: decode size (longer side). The device comes from the stage's
+    resources (num_gpus > 0: cuda)."""
 
     model: str = "ViT-L-14"
     pretrained: str | None = None
-    frames: int = 4
-    decode_side: int = 448
-    device: str = "cpu"
+    frames: Count = 4
+    decode_side: Side = 448
 
 
 class ClipEmbeddingScorer(Scorer):
@@ -44,6 +48,9 @@ class ClipEmbeddingScorer(Scorer):
         dim = clip_embed_dim(self.name, self.params.model)
         return [pa.field("embedding", pa.list_(pa.float32(), dim)), pa.field("embedding_model", pa.string())]
 
+    def output_columns(self) -> list[str]:
+        return ["embedding", "embedding_model"]  # known without importing open_clip
+
     def request(self) -> FrameRequest:
         return FrameRequest(frames=self.params.frames, max_side=self.params.decode_side)
 
@@ -52,30 +59,31 @@ class ClipEmbeddingScorer(Scorer):
 
     def setup(self) -> None:
         p = self.params
-        self.model, self.preprocess = load_clip(self.name, p.model, p.pretrained, p.device)
+        self.model, self.preprocess = load_open_clip(self.name, p.model, p.pretrained, self.device)
         tag = os.path.basename(p.pretrained) if p.pretrained else "none"
         self.model_id = f"open_clip:{p.model}:{tag}"
 
-    def score(self, clip: ClipFrames) -> dict:
-        emb = embed_frames(self.model, self.preprocess, clip.at(self.params.decode_side), self.params.device)
-        return {"embedding": _unit(emb.mean(axis=0)).astype(np.float32), "embedding_model": self.model_id}
+    def score_batch(self, clips: Sequence[ClipFrames]) -> list[dict]:
+        embs = embed_clips(self.model, self.preprocess, [c.at(self.params.decode_side) for c in clips], self.device)
+        return [{"embedding": _unit(e.mean(axis=0)).astype(np.float32), "embedding_model": self.model_id}
+                for e in embs]
 
 
-@dataclass
+@params
 class PerceptualParams:
     """frames: samples per clip. dct_size: low-frequency DCT block kept (dct_size² − 1 values, DC
     dropped) of a 32×32 luma thumbnail. layout_grid: colour layout grid (grid² × 3 values, YCrCb).
     hue_bins / sat_bins: hue-saturation histogram. The three parts are each centred and unit-norm,
     then weighted by w_dct / w_layout / w_hist."""
 
-    frames: int = 8
-    dct_size: int = 9
-    layout_grid: int = 4
-    hue_bins: int = 8
-    sat_bins: int = 4
-    w_dct: float = 1.0
-    w_layout: float = 0.7
-    w_hist: float = 0.5
+    frames: Count = 8
+    dct_size: Annotated[int, Field(ge=2, le=32)] = 9
+    layout_grid: Count = 4
+    hue_bins: Count = 8
+    sat_bins: Count = 4
+    w_dct: NonNegative = 1.0
+    w_layout: NonNegative = 0.7
+    w_hist: NonNegative = 0.5
 
 
 def perceptual_features(rgb: np.ndarray, p: PerceptualParams) -> np.ndarray:

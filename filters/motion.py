@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
-from curation.errors import ConfigError
-from filters.base import ClipFrames, FrameRequest, Scorer
+from curation.frames import ClipFrames, FrameRequest
+from curation.scoring import Scorer
+from curation.stage import Count, Fraction, NonNegative, Side, params
 
 CAMERA_CLASSES = ("zoom in", "zoom out", "pan up", "pan down", "pan left", "pan right", "tilt up",
                   "tilt down", "tilt left", "tilt right", "around left", "around right", "static shot",
                   "handheld shot")
 
 
-@dataclass
+@params
 class MotionParams:
     """frames: sampled pairs per clip. flow_side: longer side (px) of the frames the flow runs on.
     static_speed: below this global speed (fraction of the frame diagonal per second) a shot is static.
@@ -40,12 +42,12 @@ class MotionParams:
     mean translation is smaller than its spread is handheld. min_confidence: below it `camera_motion`
     is null (the confidence is still written). vertical_as: "tilt" or "pan" for vertical moves."""
 
-    frames: int = 8
-    flow_side: int = 256
-    static_speed: float = 0.01
-    handheld_speed: float = 0.02
-    min_confidence: float = 0.6
-    vertical_as: str = "tilt"
+    frames: Count = 8
+    flow_side: Side = 256
+    static_speed: NonNegative = 0.01
+    handheld_speed: NonNegative = 0.02
+    min_confidence: Fraction = 0.6
+    vertical_as: Literal["tilt", "pan"] = "tilt"
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,6 @@ class MotionScorer(Scorer):
     name = "motion"
     version = "1"
     Params = MotionParams
-
-    def __init__(self, params=None, resources=None):
-        super().__init__(params, resources)
-        if self.params.vertical_as not in ("tilt", "pan"):
-            raise ConfigError(f"stage 'motion': vertical_as must be 'tilt' or 'pan', "
-                              f"not {self.params.vertical_as!r}")
 
     def output_fields(self) -> list[pa.Field]:
         f32 = pa.float32()

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from filters.base import ClipFrames, FrameRequest, Scorer
+from curation.frames import ClipFrames, FrameRequest
+from curation.scoring import Scorer
+from curation.stage import Count, Fraction, Side, params
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of width / height
 
 
-@dataclass
+@params
 class OcrParams:
     """frames: samples per clip (detection costs ~0.2-0.35 s a frame at 480-640 px on one CPU core:
     OCR is by far the costliest offline scorer). max_side: the detector's input size (longer side;
@@ -24,14 +26,14 @@ class OcrParams:
     frames that must hold one for `subtitle_box` to be set. recognize: also read the text into
     `ocr_text` (several times slower). threads: ONNX Runtime threads (None: the stage's num_cpus)."""
 
-    frames: int = 3
-    max_side: int = 480
-    box_thresh: float = 0.5
-    max_line_height: float = 0.3
-    subtitle_top: float = 0.6
-    subtitle_persistence: float = 0.5
+    frames: Count = 3
+    max_side: Side = 480
+    box_thresh: Fraction = 0.5
+    max_line_height: Fraction = 0.3
+    subtitle_top: Fraction = 0.6
+    subtitle_persistence: Fraction = 0.5
     recognize: bool = False
-    threads: int | None = None
+    threads: Count | None = None
 
 
 @dataclass(frozen=True)

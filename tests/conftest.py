@@ -14,10 +14,11 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One embedded Ray for the whole session (starting Ray costs seconds)."""
+    """One embedded Ray for the whole session (starting Ray costs seconds). It declares one logical GPU so
+    the GPU stage path (its own actor pool with num_gpus) runs end to end on CPU-only machines."""
     from curation.runner import init_ray
 
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=2, num_gpus=1)
     yield
     import ray
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from curation.errors import ConfigError
 from training.dit import DiTConfig
 from training.vae import VAEConfig
 
@@ -41,7 +42,6 @@ PRESETS = {"tiny": _tiny, "small": _small, "hunyuan-13b": _hunyuan_13b}
 
 def get_preset(name: str) -> ModelPreset:
     """Preset by name; the error lists the known names."""
-    try:
-        return PRESETS[name]()
-    except KeyError:
-        raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

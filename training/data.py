@@ -138,7 +138,7 @@ class BucketSampler:
             yield b, [members[i] for i in picked]
 
 
-def load_clip(ref: ClipRef, bucket: Bucket, stride: int = 1) -> torch.Tensor:
+def decode_clip(ref: ClipRef, bucket: Bucket, stride: int = 1) -> torch.Tensor:
     """(3, T, H, W) float in [-1, 1]: T frames from the clip's start at `stride`, cropped to the crop
     suggestion, scaled to cover the bucket size and centre-cropped to it."""
     idx = [min(ref.start + i * stride, ref.end - 1) for i in range(bucket.frames)]
@@ -180,5 +180,5 @@ class TierLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], Bucket]]:
         for bucket, members in self.sampler:
             refs = [self.refs[i] for i in members]
-            videos = torch.stack([load_clip(r, bucket, self.cfg.frame_stride) for r in refs])
+            videos = torch.stack([decode_clip(r, bucket, self.cfg.frame_stride) for r in refs])
             yield videos, [r.prompt for r in refs], bucket

@@ -200,12 +200,9 @@ def test_kill_9_mid_run_then_rerun_equals_a_clean_run(tmp_path):
     assert _counts(lake) == _counts(clean) == (n, 2 * n, 0)
 
 
-class Crashing:
-    """Stages whose worker process dies (as on a decoder segfault) on files named crash*: `cls` is set by
-    the test (a split task, or a scorer running in an actor)."""
-
-
 def _crashing_class(kind: str):
+    """A stage whose worker process dies (as on a decoder segfault) on files named crash*: a split task,
+    or a scorer running in an actor."""
     import sys
 
     import ray.cloudpickle
@@ -236,12 +233,9 @@ def _crashing_class(kind: str):
 def test_a_file_that_kills_its_worker_is_a_failure_row_not_a_hang(demo_videos, tmp_path, monkeypatch, where):
     import shutil
 
-    from curation import pipeline
+    from curation import registry
 
-    monkeypatch.setattr(Crashing, "cls", _crashing_class(where), raising=False)
-    monkeypatch.setitem(pipeline.STAGES, "crashing", f"{__name__}:Crashing.cls")
-    load = pipeline._load
-    monkeypatch.setattr(pipeline, "_load", lambda t: Crashing.cls if t.endswith("Crashing.cls") else load(t))
+    monkeypatch.setitem(registry._extra, "crashing", _crashing_class(where))
     folder = tmp_path / "in"
     folder.mkdir()
     for t in demo_videos[:2]:

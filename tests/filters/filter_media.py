@@ -7,9 +7,9 @@ import os
 import pyarrow as pa
 
 from curation import synth
+from curation.frames import ClipFrames, decode_clips
 from curation.schema import row_schema, rows_to_table
-from filters.base import ClipFrames, Scorer
-from filters.sampling import decode_clips
+from curation.scoring import Scorer
 
 SIZE = (320, 180)
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from curation.errors import ConfigError
+from curation.scoring import ScoreGroup
 from curation.synth import Shot
 from filter_media import clip_row, frames_for, table
 from filters.aesthetic import AestheticParams, AestheticScorer, build_head
 from filters.embedding import ClipEmbeddingParams, ClipEmbeddingScorer
-from filters.sampling import ScoreGroup
 
 TINY = "videocurate-test-tiny-vit"
 CONFIG = {"embed_dim": 32,

@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from curation.frames import ClipFrames, FrameRequest, decode_clips, merge_requests, sample_indices
+from curation.scoring import ScoreGroup
 from curation.synth import Shot
 from curation.video import VideoReader
 from filter_media import clip_row, table
-from filters.base import ClipFrames, FrameRequest, merge_requests
 from filters.borders import BorderScorer
 from filters.clarity import ClarityScorer
 from filters.embedding import PerceptualEmbeddingScorer
 from filters.motion import MotionScorer
-from filters.sampling import ScoreGroup, decode_clips, sample_indices
 
 
 def test_sample_indices_stay_inside_the_clip():

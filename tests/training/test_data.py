@@ -22,7 +22,7 @@ from training.data import (
     aspect_sizes,
     assign_bucket,
     cover_resize,
-    load_clip,
+    decode_clip,
 )
 
 
@@ -62,12 +62,12 @@ def test_sampler_draws_buckets_by_weight_and_respects_budget():
     assert a.batch_size(cfg) == 2 and b.batch_size(cfg) == 8
 
 
-def test_load_clip_crops_and_scales_real_frames(tmp_path):
+def test_decode_clip_crops_and_scales_real_frames(tmp_path):
     truth = synth.make_video(tmp_path / "v.mp4", [synth.Shot("astronaut", 40, pan=(1, 0), letterbox=(0, 20))],
                              size=(320, 180), crf=12)
     ref = ClipRef("c", truth.path, 3, 40, (0, 20, 320, 160))
     bucket = Bucket(17, 96, 208)
-    x = load_clip(ref, bucket, stride=2)
+    x = decode_clip(ref, bucket, stride=2)
     assert x.shape == (3, 17, 96, 208) and x.min() >= -1 and x.max() <= 1
     raw = VideoReader(truth.path).read([3 + 2 * 16])[0]
     expected = cover_resize(raw[20:160], 96, 208).astype(np.float32) / 127.5 - 1

@@ -1,6 +1,7 @@
-"""Progressive training from curated tiers (HunyuanVideo: images at 256 → low-res short video → low-res
-long → high-res long, images mixed in at every stage): a YAML list of stages, each a tier, a number of
-steps and a bucket configuration, run in order with one DiT, a frozen VAE and a frozen text encoder."""
+"""The training curriculum: progressive training from curated tiers (HunyuanVideo: images at 256 →
+low-res short video → low-res long → high-res long, images mixed in at every phase). A YAML list of
+phases, each a tier, a number of steps and a bucket configuration, run in order with one DiT, a frozen
+VAE and a frozen text encoder."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from training.vae import CausalVAE
 
 
 @dataclass
-class TrainStage:
+class Phase:
     name: str
     tier: str
     steps: int
@@ -35,29 +36,33 @@ class TrainStage:
 
 
 @dataclass
-class StagePlan:
+class Curriculum:
     model: str  # preset name
-    stages: list[TrainStage]
+    phases: list[Phase]
 
 
-def load_stages(spec: str = "train_stages") -> StagePlan:
+def load_curriculum(spec: str = "curriculum") -> Curriculum:
     path = find_yaml(spec)
     if path is None:
-        raise ConfigError(f"no training stage spec '{spec}' (a YAML path or a bundled name: train_stages)")
+        raise ConfigError(f"no training curriculum '{spec}' (a YAML path or a bundled name: curriculum)")
     with open(path) as f:
         doc = yaml.safe_load(f) or {}
-    stages = []
-    for s in doc.get("stages") or []:
+    unknown = sorted(set(doc) - {"model", "phases"})
+    if unknown:
+        raise ConfigError(f"curriculum {path}: unknown key(s) {unknown}; known: ['model', 'phases']")
+    phases = []
+    for s in doc.get("phases") or []:
         b = dict(s.get("buckets") or {})
         if "frame_counts" in b:
             b["frame_counts"] = tuple(b["frame_counts"])
         try:
-            stages.append(TrainStage(s["name"], s["tier"], int(s["steps"]), BucketConfig(**b), s.get("lr")))
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"training stage {s.get('name', '?')} in {path}: {exc}") from exc
-    if not stages:
-        raise ConfigError(f"{path} defines no training stages")
-    return StagePlan(doc.get("model", "tiny"), stages)
+            phases.append(Phase(s["name"], s["tier"], int(s["steps"]), BucketConfig(**b), s.get("lr")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"training phase {s.get('name', '?')} in {path}: {exc}") from exc
+    if not phases:
+        raise ConfigError(f"{path} defines no training phases")
+    get_preset(doc.get("model", "tiny"))  # an unknown preset is an error now, not after the first phase
+    return Curriculum(doc.get("model", "tiny"), phases)
 
 
 def load_vae(preset_vae, vae: str) -> CausalVAE:
@@ -80,11 +85,11 @@ def load_text_encoder(name: str, dim: int):
     return HFTextEncoder(TextEncoderConfig(path=path))
 
 
-def train_from_tiers(lake: Lake | str, plan: StagePlan, vae: str, out: str, text_encoder: str = "tiny",
+def train_curriculum(lake: Lake | str, plan: Curriculum, vae: str, out: str, text_encoder: str = "tiny",
                      max_steps: int | None = None, device: str = "cpu", seed: int = 0,
                      log: Callable[[str], None] = print) -> dict:
-    """Run every stage in order on one DiT; a checkpoint `<out>/<stage>.pt` after each. A stage whose tier
-    is missing or empty is skipped with the reason. `max_steps` caps each stage (smoke runs)."""
+    """Run every phase in order on one DiT; a checkpoint `<out>/<phase>.pt` after each. A phase whose tier
+    is missing or empty is skipped with the reason. `max_steps` caps each phase (smoke runs)."""
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     preset = get_preset(plan.model)
     text = load_text_encoder(text_encoder, preset.dit.text_dim)
@@ -96,15 +101,15 @@ def train_from_tiers(lake: Lake | str, plan: StagePlan, vae: str, out: str, text
     gen = torch.Generator().manual_seed(seed)
     os.makedirs(out, exist_ok=True)
     summary: dict[str, dict] = {}
-    for stage in plan.stages:
-        steps = min(stage.steps, max_steps) if max_steps else stage.steps
+    for phase in plan.phases:
+        steps = min(phase.steps, max_steps) if max_steps else phase.steps
         try:
-            loader = iter(TierLoader(lake, stage.tier, stage.buckets, seed))
+            loader = iter(TierLoader(lake, phase.tier, phase.buckets, seed))
         except (FileNotFoundError, ValueError) as exc:
-            summary[stage.name] = {"skipped": str(exc)}
-            log(f"stage {stage.name}: skipped ({exc})")
+            summary[phase.name] = {"skipped": str(exc)}
+            log(f"phase {phase.name}: skipped ({exc})")
             continue
-        cfg = TrainConfig(lr=stage.lr or TrainConfig.lr, warmup_steps=min(TrainConfig.warmup_steps, steps))
+        cfg = TrainConfig(lr=phase.lr or TrainConfig.lr, warmup_steps=min(TrainConfig.warmup_steps, steps))
         opt, sched = build_optimizer(dit, cfg)
         t0, losses = time.monotonic(), []
         for step in range(steps):
@@ -115,11 +120,11 @@ def train_from_tiers(lake: Lake | str, plan: StagePlan, vae: str, out: str, text
             stats = train_step(dit, flow, opt, sched, latents, cond, cfg, gen)
             losses.append(stats["loss"])
             if step % 50 == 0 or step == steps - 1:
-                log(f"stage {stage.name} step {step + 1}/{steps} bucket {bucket.frames}x{bucket.height}x"
+                log(f"phase {phase.name} step {step + 1}/{steps} bucket {bucket.frames}x{bucket.height}x"
                     f"{bucket.width} loss {stats['loss']:.4f}")
-        path = os.path.join(out, f"{stage.name}.pt")
-        torch.save({"stage": stage.name, "model": plan.model, "dit_config": dataclasses.asdict(dit_cfg),
+        path = os.path.join(out, f"{phase.name}.pt")
+        torch.save({"phase": phase.name, "model": plan.model, "dit_config": dataclasses.asdict(dit_cfg),
                     "dit": dit.state_dict()}, path)
-        summary[stage.name] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1],
+        summary[phase.name] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1],
                                "seconds": round(time.monotonic() - t0, 1), "checkpoint": path}
     return summary

@@ -1,4 +1,4 @@
-"""Staged training from tiers: stages run in order on one DiT, checkpoints load, bad settings are clear."""
+"""The curriculum: phases run in order on one DiT, checkpoints load, bad settings are clear."""
 
 from __future__ import annotations
 
@@ -11,37 +11,37 @@ from curation import synth
 from curation.errors import ConfigError
 from curation.lake import Lake
 from training.config import get_preset
+from training.curriculum import load_curriculum, load_vae, train_curriculum
 from training.dit import DiTConfig, VideoDiT
-from training.stages import load_stages, load_vae, train_from_tiers
 from training.vae import CausalVAE
 
 
 def test_bundled_plan_goes_from_low_to_high_resolution():
-    plan = load_stages("train_stages")
-    sizes = [s.buckets.base_size for s in plan.stages]
-    assert sizes == sorted(sizes) and plan.stages[0].buckets.frame_counts == (1,)
-    assert all(1 in s.buckets.frame_counts for s in plan.stages)  # images mixed in at every stage
+    plan = load_curriculum("curriculum")
+    sizes = [s.buckets.base_size for s in plan.phases]
+    assert sizes == sorted(sizes) and plan.phases[0].buckets.frame_counts == (1,)
+    assert all(1 in s.buckets.frame_counts for s in plan.phases)  # images mixed in at every stage
 
 
-def test_stages_train_in_order_and_checkpoint(tmp_path):
+def test_phases_train_in_order_and_checkpoint(tmp_path):
     truth = synth.make_video(tmp_path / "v.mp4", [synth.Shot("coffee", 24, pan=(1, 0))], size=(128, 72))
     lake = Lake(tmp_path / "lake")
     lake.append("tiers/low", pa.table({
         "clip_id": ["c"], "uri": [truth.path], "start_frame": [0], "end_frame": [24], "fps": [24.0],
         "width": pa.array([128], pa.int32()), "height": pa.array([72], pa.int32())}))
-    spec = tmp_path / "stages.yaml"
-    spec.write_text(yaml.safe_dump({"model": "tiny", "stages": [
+    spec = tmp_path / "curriculum.yaml"
+    spec.write_text(yaml.safe_dump({"model": "tiny", "phases": [
         {"name": "images", "tier": "low", "steps": 3, "buckets": {"base_size": 32, "frame_counts": [1]}},
         {"name": "video", "tier": "low", "steps": 2, "buckets": {"base_size": 32, "frame_counts": [1, 17]}},
         {"name": "later", "tier": "missing", "steps": 2}]}))
     logs: list[str] = []
-    summary = train_from_tiers(lake, load_stages(str(spec)), "random", str(tmp_path / "ckpt"), log=logs.append)
+    summary = train_curriculum(lake, load_curriculum(str(spec)), "random", str(tmp_path / "ckpt"), log=logs.append)
     assert summary["images"]["steps"] == 3 and summary["video"]["steps"] == 2
     assert "no tier 'missing'" in summary["later"]["skipped"]
     ckpt = torch.load(summary["video"]["checkpoint"], weights_only=False)
     dit = VideoDiT(DiTConfig(**{**ckpt["dit_config"], "patch_size": tuple(ckpt["dit_config"]["patch_size"])}))
     dit.load_state_dict(ckpt["dit"])
-    assert any("bucket 17x" in line for line in logs)  # the video stage trained on 17-frame clips
+    assert any("bucket 17x" in line for line in logs)  # the video phase trained on 17-frame clips
 
 
 def test_vae_loads_from_a_state_dict_and_refuses_silence(tmp_path):

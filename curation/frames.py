@@ -1,0 +1,185 @@
+"""Frames for scorers: what a scorer asks for (`FrameRequest`), the decoded samples it gets
+(`ClipFrames`, shared by every scorer of a clip), and the sampler that decodes them once per clip,
+opening each video once per batch."""
+
+from __future__ import annotations
+
+import pickle
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from curation.errors import VideoError
+from curation.video import VideoInfo, VideoReader, fit_size
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """The frames a scorer needs from each clip: `frames` evenly spaced samples, decoded so the longer
+    side is at most `max_side` (None: native size), and with `pairs` also the frame right after each
+    sample (for optical flow)."""
+
+    frames: int = 8
+    max_side: int | None = 256
+    pairs: bool = False
+
+
+def merge_requests(requests: Sequence[FrameRequest]) -> FrameRequest:
+    """One decode that satisfies every request: the most frames, the largest size, pairs if any."""
+    if not requests:
+        return FrameRequest()
+    sides = [r.max_side for r in requests]
+    return FrameRequest(frames=max(r.frames for r in requests),
+                        max_side=None if None in sides else max(s for s in sides if s is not None),
+                        pairs=any(r.pairs for r in requests))
+
+
+def resize_to(frames: np.ndarray, max_side: int | None) -> np.ndarray:
+    """(K,H,W,C) or (K,H,W) frames scaled down so the longer side is at most `max_side` (never up)."""
+    if max_side is None or len(frames) == 0:
+        return frames
+    h, w = frames.shape[1:3]
+    scale = max_side / max(h, w)
+    if scale >= 1.0:
+        return frames
+    size = (max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2))
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def even_positions(n: int, k: int) -> np.ndarray:
+    """`k` evenly spaced positions in range(n), each the middle of its share (all of them if k >= n)."""
+    if k >= n:
+        return np.arange(n)
+    return np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64)
+
+
+@dataclass
+class ClipFrames:
+    """The decoded samples of one clip. `frames` is (K,H,W,3) RGB uint8 at the largest size any scorer
+    asked for; `next_frames` the frame after each sample (when a scorer asked for pairs); `indices` the
+    sampled frame numbers in the video; `width`/`height` the clip's native display size; `row` the clip's
+    columns, including those written by scorers that ran before in the same group. `at` and `gray`
+    cache resized/grayscale copies so scorers that want the same size share the work."""
+
+    frames: np.ndarray
+    indices: np.ndarray
+    fps: float
+    width: int
+    height: int
+    next_frames: np.ndarray | None = None
+    clip_id: str | None = None
+    uri: str | None = None
+    row: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def at(self, max_side: int | None, next: bool = False) -> np.ndarray:
+        """The samples (or their next frames) with the longer side at most `max_side`."""
+        key = ("rgb", max_side, next)
+        if key not in self._cache:
+            src = self.next_frames if next else self.frames
+            if src is None:
+                raise ValueError("no next frames decoded: the scorer must request pairs=True")
+            self._cache[key] = resize_to(src, max_side)
+        return self._cache[key]
+
+    def gray(self, max_side: int | None, next: bool = False) -> np.ndarray:
+        """(K,H,W) uint8 luma of `at(max_side, next)`."""
+        key = ("gray", max_side, next)
+        if key not in self._cache:
+            rgb = self.at(max_side, next)
+            self._cache[key] = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])
+        return self._cache[key]
+
+    def scale(self, max_side: int | None) -> float:
+        """Native pixels per pixel of `at(max_side)` (horizontal)."""
+        return self.width / self.at(max_side).shape[2]
+
+    def subset(self, k: int) -> ClipFrames:
+        """`k` evenly spaced samples of these (itself when it has no more than k), for costly scorers."""
+        if k >= len(self.frames):
+            return self
+        key = ("subset", k)
+        if key not in self._cache:
+            pos = even_positions(len(self.frames), k)
+            self._cache[key] = ClipFrames(
+                frames=self.frames[pos], indices=self.indices[pos], fps=self.fps, width=self.width,
+                height=self.height, next_frames=None if self.next_frames is None else self.next_frames[pos],
+                clip_id=self.clip_id, uri=self.uri, row=self.row)
+        return self._cache[key]
+
+    def fit(self, request: FrameRequest) -> ClipFrames:
+        """These samples cut down to what `request` asks for (fewer frames, smaller size)."""
+        sub = self.subset(request.frames)
+        nxt = sub.next_frames if request.pairs else None
+        return ClipFrames(frames=sub.at(request.max_side), indices=sub.indices, fps=self.fps, width=self.width,
+                          height=self.height, next_frames=None if nxt is None else resize_to(nxt, request.max_side),
+                          clip_id=self.clip_id, uri=self.uri, row=self.row)
+
+    def to_bytes(self) -> bytes:
+        """The decoded samples (not the row or caches), to hand to a stage in another worker."""
+        return pickle.dumps((self.frames, self.indices, self.fps, self.width, self.height, self.next_frames,
+                             self.clip_id, self.uri), protocol=5)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, row: dict | None = None) -> ClipFrames:
+        frames, indices, fps, width, height, next_frames, clip_id, uri = pickle.loads(data)
+        return cls(frames, indices, fps, width, height, next_frames, clip_id, uri, row=row or {})
+
+
+def sample_indices(start: int, end: int, k: int, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """`k` evenly spaced frame numbers in [start, end) and, with `pairs`, the frame after each (so the
+    samples are drawn from [start, end - 1) and every next frame stays inside the clip)."""
+    n = int(end) - int(start)
+    if n <= 0:
+        raise VideoError(f"empty clip span [{start}, {end})", kind="too_short")
+    span = n - 1 if pairs and n >= 2 else n
+    idx = int(start) + even_positions(span, k)
+    if not pairs:
+        return idx, None
+    return idx, np.minimum(idx + 1, int(end) - 1)
+
+
+def decode_clips(rows: Sequence[dict], request: FrameRequest) -> list[ClipFrames | BaseException]:
+    """Decode the sampled frames of every clip row; rows of one video share one open and one read."""
+    out: list[ClipFrames | BaseException] = [VideoError("not decoded")] * len(rows)
+    by_video: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_video[row["uri"]].append(i)
+    for uri, members in by_video.items():
+        try:
+            reader = VideoReader(uri.removeprefix("file://"), info=VideoInfo.from_row(rows[members[0]]))
+        except Exception as exc:  # noqa: BLE001 - the whole video's clips fail with the same error
+            for i in members:
+                out[i] = exc
+            continue
+        plans: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for i in members:
+            try:
+                plans[i] = sample_indices(rows[i]["start_frame"], rows[i]["end_frame"], request.frames,
+                                          request.pairs)
+            except Exception as exc:  # noqa: BLE001 - recorded on that clip only
+                out[i] = exc
+        if not plans:
+            continue
+        info = reader.info
+        size = None if request.max_side is None else fit_size(info.width, info.height,
+                                                                 max_side=request.max_side)
+        wanted = sorted({int(f) for pair in plans.values() for part in pair if part is not None
+                         for f in part})
+        try:
+            decoded = reader.read(wanted, size)
+        except Exception as exc:  # noqa: BLE001
+            for i in plans:
+                out[i] = exc
+            continue
+        where = {f: j for j, f in enumerate(wanted)}
+        for i, (idx, nxt) in plans.items():
+            out[i] = ClipFrames(
+                frames=decoded[[where[int(f)] for f in idx]], indices=idx, fps=info.fps,
+                width=info.width, height=info.height,
+                next_frames=None if nxt is None else decoded[[where[int(f)] for f in nxt]],
+                clip_id=rows[i].get("clip_id"), uri=uri, row=rows[i])
+    return out
