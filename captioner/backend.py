@@ -74,6 +74,12 @@ class Captioner(ABC):
     def setup(self) -> None:
         pass
 
+    def source(self, request: CaptionRequest) -> dict:
+        """What a caption of `request` records as its source (the step compares backend, model, schema
+        version and prompt hash to decide whether an existing caption is current)."""
+        return {"backend": self.name, "model": None, "schema_version": SCHEMA_VERSION, "prompt_hash": None,
+                "frame_indices": list(request.frame_indices)}
+
     @abstractmethod
     def caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]: ...
 

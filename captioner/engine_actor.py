@@ -87,14 +87,20 @@ class ActorCaptioner(Captioner):
         self.actor = None
         self.info: dict = {}
 
+    def start(self) -> None:
+        """Create the actor without waiting for its engine to load."""
+        import ray
+
+        if self.actor is None:
+            cls = ray.remote(EngineActor)
+            self.actor = cls.options(runtime_env=runtime_env(self.python), **self.options).remote(self.config)
+
     def setup(self) -> None:
         import ray
 
-        if self.actor is not None:
-            return
-        cls = ray.remote(EngineActor)
-        self.actor = cls.options(runtime_env=runtime_env(self.python), **self.options).remote(self.config)
-        self.info = ray.get(self.actor.info.remote(), timeout=self.timeout_s)
+        if not self.info:
+            self.start()
+            self.info = ray.get(self.actor.info.remote(), timeout=self.timeout_s)
 
     def caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
         import ray
@@ -111,4 +117,47 @@ class ActorCaptioner(Captioner):
             ray.get(self.actor.close.remote(), timeout=60)
         finally:
             ray.kill(self.actor)
-            self.actor = None
+            self.actor, self.info = None, {}
+
+
+class EnginePool(Captioner):
+    """`engines` EngineActors (one engine each: declare `num_gpus` so Ray puts one per GPU); a batch is
+    split into one contiguous share per engine and the shares run at the same time."""
+
+    name = "vllm_pool"
+
+    def __init__(self, config: EngineConfig, engines: int = 1, python: str | None = None, num_cpus: float = 1,
+                 num_gpus: float = 0, timeout_s: float | None = 600.0):
+        self.members = [ActorCaptioner(config, python, num_cpus=num_cpus, num_gpus=num_gpus, timeout_s=timeout_s)
+                        for _ in range(engines)]
+        self.timeout_s = timeout_s
+
+    @property
+    def info(self) -> dict:
+        return self.members[0].info
+
+    def source(self, request: CaptionRequest) -> dict:
+        return VLLMCaptioner(self.members[0].config).source(request)  # what the engines record (no load)
+
+    def setup(self) -> None:
+        import ray
+
+        pending = [m for m in self.members if not m.info]
+        for m in pending:  # start every engine before waiting for any: their loads overlap
+            m.start()
+        for m, info in zip(pending, ray.get([m.actor.info.remote() for m in pending], timeout=self.timeout_s)):
+            m.info = info
+
+    def caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
+        import ray
+
+        self.setup()
+        n = len(self.members)
+        step = -(-len(requests) // n) if requests else 1
+        shares = [(m, requests[i * step:(i + 1) * step]) for i, m in enumerate(self.members)]
+        refs = [m.actor.caption_batch.remote(share) for m, share in shares if share]
+        return [r for part in ray.get(refs, timeout=self.timeout_s) for r in part]
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()

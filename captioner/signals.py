@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from captioner.backend import Captioner, CaptionRequest, CaptionResult
 from captioner.prompt import speed_word
-from captioner.schema import CAMERA_CLASSES, LIMITS, SCHEMA_VERSION, TAG_CHARS, TAG_ITEMS, Caption, Tags, clean_text
+from captioner.schema import CAMERA_CLASSES, LIMITS, TAG_CHARS, TAG_ITEMS, Caption, Tags, clean_text
 
 
 @dataclass
@@ -54,6 +54,4 @@ class SignalsCaptioner(Captioner):
 
     def caption_batch(self, requests: list[CaptionRequest]) -> list[CaptionResult]:
         return [CaptionResult(r.clip_id, "ok", caption=self.caption(r.hints).model_dump_json(), attempts=0,
-                              source={"backend": self.name, "model": None, "schema_version": SCHEMA_VERSION,
-                                      "prompt_hash": None, "frame_indices": list(r.frame_indices)})
-                for r in requests]
+                              source=self.source(r)) for r in requests]

@@ -28,12 +28,17 @@ def connect(lake: Lake | str) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
+    """A relation's rows as an Arrow table (duckdb 2 renamed `arrow()` to `to_arrow_table()`)."""
+    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+    return fetch()
+
+
 def query(lake: Lake | str, sql: str) -> pa.Table:
     rel = connect(lake).sql(sql)
     if rel is None:  # a statement with no result (e.g. SET)
         return pa.table({})
-    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow  # duckdb 2 renamed it
-    return fetch()
+    return to_arrow(rel)
 
 
 def _jsonable(v: Any) -> Any:

@@ -18,7 +18,7 @@ import yaml
 from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.pipeline import find_yaml
-from curation.query import connect
+from curation.query import connect, to_arrow
 from curation.stage import Step, params
 
 DROP_FROM_TIERS = ("embedding",)  # large columns a tier does not repeat (join clips on clip_id for them)
@@ -143,8 +143,7 @@ class TierStep(Step):
             rel = con.sql(f"select * from {source} where " + " and ".join(preds.values()) + " order by clip_id")
         except duckdb.Error as exc:
             raise ConfigError(f"tier '{spec.name}': a filter does not evaluate on the clips table ({exc})") from exc
-        fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
-        return fetch(), dict(zip(preds, (int(d) for d in drops)))
+        return to_arrow(rel), dict(zip(preds, (int(d) for d in drops)))
 
 
 def render_funnel(result: dict) -> str:

@@ -18,7 +18,8 @@ from curation.lake import Lake
 from curation.video import VideoInfo, VideoReader, probe
 
 TIER_COLUMNS = ("clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height")
-OPTIONAL_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "sample_weight", "caption", "camera_motion")
+OPTIONAL_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "sample_weight", "caption", "caption_status",
+                    "camera_motion")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class ClipRef:
     end: int
     crop: tuple[int, int, int, int]  # x0, y0, x1, y1 in native pixels
     weight: float = 1.0
-    prompt: str = ""
+    prompt: str = ""  # the fallback prompt, from the clip's tags
+    caption: str | None = None  # the structured caption JSON, when the captioner wrote an ok one
     bucket: Bucket | None = field(default=None, repr=False)
 
 
@@ -98,17 +100,28 @@ def read_tier(lake: Lake | str, tier: str, cfg: BucketConfig) -> list[ClipRef]:
                 r.get("crop_y1") or r["height"])
         ref = ClipRef(r["clip_id"], r["uri"], r["start_frame"], r["end_frame"], crop,
                       float(r["sample_weight"]) if r.get("sample_weight") is not None else 1.0,
-                      prompt_of(r))
+                      fallback_prompt(r), r.get("caption") if r.get("caption_status") == "ok" else None)
         ref.bucket = assign_bucket(crop[2] - crop[0], crop[3] - crop[1], ref.end - ref.start, cfg)
         refs.append(ref)
     return refs
 
 
-def prompt_of(row: dict) -> str:
-    """The clip's caption; without one (no captioner has run), a plain description from its tags."""
-    if row.get("caption"):
-        return row["caption"]
+def fallback_prompt(row: dict) -> str:
+    """A plain description from the clip's tags, for clips without a caption."""
     return f"a video clip, {row['camera_motion']}" if row.get("camera_motion") else "a video clip"
+
+
+def training_prompt(ref: ClipRef, seed: int) -> str:
+    """The prompt the text encoder sees: synthesised from the structured caption (field dropout and
+    permutation, HunyuanVideo), a different but reproducible one per `seed`; the fallback when the clip
+    has no caption or the synthesis leaves nothing (a caption holding no filled field)."""
+    if ref.caption:
+        from captioner.synth import synthesize
+
+        text = synthesize(ref.caption, seed)
+        if text.strip():
+            return text
+    return ref.prompt
 
 
 class BucketSampler:
@@ -171,14 +184,14 @@ class TierLoader:
     """Batches for training from one tier: yields (videos (B, 3, T, H, W), prompts, bucket)."""
 
     def __init__(self, lake: Lake | str, tier: str, cfg: BucketConfig = BucketConfig(), seed: int = 0):
-        self.cfg = cfg
+        self.cfg, self.seed = cfg, seed
         self.refs = read_tier(lake, tier, cfg)
         if not self.refs:
             raise ValueError(f"tier '{tier}' is empty")
         self.sampler = BucketSampler(self.refs, cfg, seed)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], Bucket]]:
-        for bucket, members in self.sampler:
+        for step, (bucket, members) in enumerate(self.sampler):
             refs = [self.refs[i] for i in members]
             videos = torch.stack([decode_clip(r, bucket, self.cfg.frame_stride) for r in refs])
-            yield videos, [r.prompt for r in refs], bucket
+            yield videos, [training_prompt(r, self.seed * 1_000_003 + step) for r in refs], bucket
