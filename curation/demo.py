@@ -31,12 +31,16 @@ def run_demo(out: str, num_cpus: int | None = None, pipeline: str = "default") -
     cols = set(query(lake, "select * from clips limit 0").column_names)
     wanted = {"clarity": "round(clarity::double, 1) as clarity", "camera_motion": "camera_motion",
               "motion": "round(motion::double, 3) as motion", "text_area": "round(text_area::double, 3) as text_area",
-              "is_duplicate": "is_duplicate"}
+              "is_duplicate": "is_duplicate", "caption_status": "caption_status"}
     extra = [expr for col, expr in wanted.items() if col in cols]
     sql = ("select regexp_extract(uri, '[^/]+$') as video, start_frame, end_frame, "
            + ", ".join(extra or ["duration_clip_s"]) + " from clips order by video, start_frame")
     print(f"\n$ videocurate sql --lake {lake} \"{sql}\"")
     print(render(query(lake, sql)))
+    if "caption" in cols:
+        sql = "select clip_id, caption from clips where caption_status = 'ok' order by clip_id limit 2"
+        print(f"\n$ videocurate sql --lake {lake} --format json \"{sql}\"")
+        print(render(query(lake, sql), "json"))
     print(f"\nlake: {lake}\n  try: videocurate sql --lake {lake} \"select * from tiers_256p\"\n"
           f"       videocurate train --lake {lake} --vae random --max-steps 3 --out {out}/checkpoints")
     return 0 if hits == total else 1

@@ -120,7 +120,9 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
     """Ray Data plan: from the input blocks through every stage, with each stage's resources."""
     import ray
 
-    fit_pools(stages, ray.cluster_resources().get("CPU", 0))
+    # what is free now, not the cluster's total: actors of other work (a caption engine, another job)
+    # hold CPUs this plan cannot have
+    fit_pools(stages, ray.available_resources().get("CPU", 0))
     ds = ray.data.from_arrow(blocks)
     for s in stages:
         r = s.resources
@@ -170,9 +172,10 @@ def check_cluster(stages: list[Stage]) -> None:
 
 def fit_pools(stages: list[Stage], cpus: float) -> None:
     """Each actor pool holds at least one actor for the whole run, so the task stages need CPUs beyond
-    the pools' or they never start (seen: `--num-cpus 1` with the default pipeline, or a CPU and a GPU
-    pool on 2 CPUs, hung). When the pools' minimum would leave too little, their per-actor CPU request is
-    scaled down to fit (the actors then share cores with the tasks) and a warning says so."""
+    the pools' or they never start (seen: `--num-cpus 1` with the default pipeline, a CPU and a GPU pool
+    on 2 CPUs, or a CPU held by another actor, hung). When the pools' minimum would leave too little,
+    their per-actor CPU request is scaled down to fit (the actors then share cores with the tasks) and a
+    warning says so."""
     pools = [s for s in stages if s.stateful]
     held = sum((s.resources.concurrency or 1) * s.resources.num_cpus for s in pools)
     task = max([s.resources.num_cpus for s in stages if not s.stateful], default=0.0)

@@ -12,18 +12,9 @@ from PIL import Image
 
 from captioner.backend import CaptionRequest
 from captioner.schema import Caption
+from curation.synth import photo
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "stereo_motorcycle", "hubble_deep_field", "text")
-
-
-def photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    img = getattr(data, name)()
-    img = img[0] if isinstance(img, tuple) else img
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "motorcycle", "hubble_deep_field", "text")
 
 
 def clip_frames(name: str, k: int = 4, side: int = 64) -> list[np.ndarray]:

@@ -48,7 +48,7 @@ def vllm_server(vllm_python, tiny_model):
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # the actor holds a CPU of the session's 2-CPU Ray: give it back after
 def engine_actor(vllm_python, tiny_model, ray_local):
     from captioner.engine_actor import ActorCaptioner
     from captioner.offline import EngineConfig

@@ -156,3 +156,13 @@ def test_real_vllm_offline_engine_pool_captions_through_the_step(lake, vllm_pyth
     assert out["captioned"] == out["selected"] > 0 and out["failed"] == 0
     sources = {json.loads(r["caption_source"])["backend"] for r in _clips(lake, TIER_256P)}
     assert sources == {"vllm"}
+
+
+def test_an_unreachable_server_is_a_clear_error_before_any_clip(lake):
+    from captioner.server import free_port
+    from curation.errors import ConfigError
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ConfigError, match="cannot list the models of .*is the server up"):
+        CaptionStep({"backend": "server", "url": url, "timeout_s": 2, "retries": 0}).run(lake)
+    assert query(lake, "select count(*) n from clips where caption_source like '%openai%'").to_pylist()[0]["n"] == 0

@@ -78,7 +78,7 @@ def test_overrides_reach_the_stage(demo_videos, tmp_path):
     with pytest.raises(ConfigError, match="no parameter"):
         run_pipeline("default", [demo_videos[0].path], lake, overrides=["split.nope=1"], progress=False)
     with pytest.raises(ConfigError, match="not in pipeline"):
-        run_pipeline("default", [demo_videos[0].path], lake, overrides=["caption.x=1"], progress=False)
+        run_pipeline("default", [demo_videos[0].path], lake, overrides=["aesthetic.x=1"], progress=False)
 
 
 def test_crash_leftovers_are_cleaned_before_rerun(demo_videos, tmp_path):

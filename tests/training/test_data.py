@@ -94,3 +94,35 @@ def test_tier_loader_end_to_end(tmp_path):
     assert seen == {"a video clip, static shot": 4, "a video clip": 4}
     with pytest.raises(FileNotFoundError, match="no tier 'nope'"):
         TierLoader(lake, "nope")
+
+
+def test_prompts_are_synthesised_from_the_structured_caption(tmp_path):
+    """A clip with an ok caption trains on prompts synthesised from its fields (varied from draw to draw,
+    the same for the same seed); a failed caption or none falls back to the tags."""
+    from captioner.schema import Caption
+    from captioner.synth import synthesize
+
+    truth = synth.make_video(tmp_path / "v.mp4", [synth.Shot("coffee", 40)], size=(192, 108))
+    caption = Caption(short_description="A cup of coffee on a saucer", dense_description="Steam rises from a cup.",
+                      background="a wooden table", style="realistic", shot_type="close-up shot",
+                      lighting="warm daylight", atmosphere="cozy", camera_movement="static shot",
+                      text_in_frame="").model_dump_json()
+    lake = Lake(tmp_path / "lake")
+    n = 3
+    lake.append("tiers/t", pa.table({
+        "clip_id": ["ok", "failed", "none"], "uri": [truth.path] * n, "start_frame": [0] * n,
+        "end_frame": [40] * n, "fps": [24.0] * n, "width": pa.array([192] * n, pa.int32()),
+        "height": pa.array([108] * n, pa.int32()), "camera_motion": ["static shot"] * n,
+        "caption": [caption, caption, None], "caption_status": ["ok", "failed", None],
+    }))
+
+    def batches(seed):
+        loader = TierLoader(lake, "t", BucketConfig(base_size=32, frame_counts=(1,), max_batch=3), seed=seed)
+        return [p for _, (_, p, _) in zip(range(6), loader)]
+
+    first, fallback = batches(0), "a video clip, static shot"
+    assert first == batches(0)  # reproducible from the seed
+    assert all(len(p) == 3 and p.count(fallback) == 2 for p in first)  # the failed and the missing caption
+    synthesised = [next(t for t in p if t != fallback) for p in first]
+    assert synthesised == [synthesize(caption, step) for step in range(6)]  # one synthesis per draw
+    assert len(set(synthesised)) > 1
