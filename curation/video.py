@@ -87,6 +87,47 @@ def container_signature(path: str) -> str | None:
     return None
 
 
+MAX_BAD_PACKETS = 64  # consecutive undecodable packets after which the rest of a stream is taken as lost
+
+
+def decoded_frames(container, stream) -> Iterator:
+    """The stream's frames in decode order, packet by packet, the way the ffmpeg CLI reads them:
+    - a zero-size packet inside the stream (Theora's "the previous frame again", common in Ogg files of
+      still scenes) yields None, meaning a repeat of the previous picture, placed by its timestamp among
+      the decoded frames (a threaded decoder hands frames out a few packets late). Handed to the decoder
+      it would be taken as end of stream (PyAV sends it as a flush) and every later frame lost;
+    - a packet that fails to decode is skipped, as ffmpeg does, so one damaged packet does not end the
+      video; after MAX_BAD_PACKETS failures in a row the rest is taken as a truncated tail;
+    - the last, empty packet of the demuxer drains the decoder (delayed frames)."""
+    import av
+
+    bad, repeats = 0, []  # timestamps of repeats not yet placed
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except (StopIteration, av.error.FFmpegError):  # the end, or the container breaks off
+            break
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if packet.size == 0 and stamp is not None:
+            repeats.append(stamp)
+            continue
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            bad += 1
+            if bad >= MAX_BAD_PACKETS:
+                break
+            continue
+        bad = 0 if frames else bad
+        for frame in frames:
+            while repeats and (frame.pts is None or repeats[0] < frame.pts):
+                repeats.pop(0)
+                yield None
+            yield frame
+    yield from (None for _ in repeats)
+
+
 def _open_container(path: str):
     import av
 
@@ -250,23 +291,25 @@ class VideoReader:
             yield from vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
     def _iter_pyav(self, size: Size | None, skip: int = 0, fmt: str = "rgb24") -> Iterator[np.ndarray]:
-        import av
 
         stored = _stored(size, self.info.rotation)
         kwargs = {"width": stored[0], "height": stored[1]} if stored else {}
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            index = 0
-            try:
-                for frame in container.decode(stream):
-                    if index >= skip:
-                        yield _orient(frame.to_ndarray(format=fmt, **kwargs), self.info.rotation)
-                    index += 1
-            except av.error.FFmpegError as exc:
-                if index == 0:
-                    raise VideoError(f"decode failed at frame 0 ({exc}): {self.path}", kind="decode_error") from exc
-                # A truncated tail: keep the frames that decoded, as players do.
+            index, last = 0, None  # last: the previous picture (a frame, converted when first needed)
+            for frame in decoded_frames(container, stream):
+                if frame is not None:
+                    last = frame
+                elif last is None:
+                    continue  # a repeat before any picture shows nothing
+                if index >= skip:
+                    if not isinstance(last, np.ndarray):
+                        last = _orient(last.to_ndarray(format=fmt, **kwargs), self.info.rotation)
+                    yield last
+                index += 1
+            if index == 0:
+                raise VideoError(f"no frame decodes: {self.path}", kind="decode_error")
 
     # ---- random access ---------------------------------------------------------------------------
     def read(self, indices: Sequence[int], size: Size | None = None) -> np.ndarray:
@@ -288,7 +331,6 @@ class VideoReader:
 
     def _read_pyav(self, indices: list[int], size: Size | None) -> np.ndarray:
         """Decode forward, seeking only across long gaps; frame index = position in decode order."""
-        import av
 
         wanted = sorted(set(indices))
         stored = _stored(size, self.info.rotation)
@@ -300,25 +342,28 @@ class VideoReader:
             fps = Fraction(self.info.fps).limit_denominator(100000)
             start_pts = stream.start_time or 0
             pos = -1  # index of the last decoded frame
-            frames = container.decode(stream)
+            last = None  # the last picture, for repeats
+            frames = decoded_frames(container, stream)
             for target in wanted:
                 if target - pos > 250 and stream.time_base:
                     ts = start_pts + int((Fraction(target) / fps) / stream.time_base)
                     container.seek(max(ts - 1, start_pts), stream=stream, backward=True)
-                    frames = container.decode(stream)
-                    pos = None
-                try:
-                    for frame in frames:
-                        if pos is None:  # after a seek, recover the index from the timestamp
-                            t = float((frame.pts - start_pts) * stream.time_base) if frame.pts is not None else 0.0
-                            pos = int(round(t * float(fps)))
-                        else:
-                            pos += 1
-                        if pos >= target:
-                            got[target] = frame.to_ndarray(format="rgb24", **kwargs)
-                            break
-                except av.error.FFmpegError:
-                    break
+                    frames = decoded_frames(container, stream)
+                    pos, last = None, None
+                for frame in frames:
+                    if frame is None:  # a repeat of the previous picture (see decoded_frames)
+                        if pos is None or last is None:
+                            continue
+                        frame = last
+                    last = frame
+                    if pos is None:  # after a seek, recover the index from the timestamp
+                        t = float((frame.pts - start_pts) * stream.time_base) if frame.pts is not None else 0.0
+                        pos = int(round(t * float(fps)))
+                    else:
+                        pos += 1
+                    if pos >= target:
+                        got[target] = frame.to_ndarray(format="rgb24", **kwargs)
+                        break
                 if target not in got:
                     break
         if not got:

@@ -88,3 +88,56 @@ def bad_inputs(folder: str) -> dict[str, str]:
     shutil.copy(p(odd), p("copy_of_odd.mp4"))
     made["copy_of_odd.mp4"] = "duplicate"
     return made
+
+
+def _ogg_crc(data: bytes) -> int:
+    """Ogg's page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def ogg_with_repeats(src: str, dst: str, packets: set[int]) -> int:
+    """Copy an Ogg file, turning the data packets numbered `packets` (0 = the first packet after the three
+    Theora headers) into zero-length packets: Theora's "show the previous frame again", which encoders
+    write for unchanged frames. Only packets that begin and end on one page are changed. Returns how
+    many were."""
+    data, out, pos, number, changed = open(src, "rb").read(), bytearray(), 0, -3, 0
+    continued = False  # the previous page ended inside a packet
+    while pos < len(data):
+        assert data[pos:pos + 4] == b"OggS", "not an Ogg page"
+        nseg = data[pos + 26]
+        lacing = list(data[pos + 27:pos + 27 + nseg])
+        body_at = pos + 27 + nseg
+        body = data[body_at:body_at + sum(lacing)]
+        new_lacing, new_body, at, i = [], bytearray(), 0, 0
+        while i < nseg:  # one packet (or packet piece) at a time
+            j = i
+            while j < nseg and lacing[j] == 255:
+                j += 1
+            complete = j < nseg  # its last lacing value (< 255) is on this page
+            size = sum(lacing[i:j + 1]) if complete else sum(lacing[i:j])
+            whole = complete and not (i == 0 and continued)
+            if whole and number in packets:
+                new_lacing.append(0)
+                changed += 1
+            else:
+                new_lacing += lacing[i:j + 1] if complete else lacing[i:j]
+                new_body += body[at:at + size]
+            if complete:
+                number += 1
+            at, i = at + size, j + 1
+        continued = lacing[-1] == 255 if lacing else False
+        header = bytearray(data[pos:pos + 27])
+        header[26] = len(new_lacing)
+        header[22:26] = b"\0\0\0\0"
+        page = header + bytes(new_lacing) + new_body
+        page[22:26] = _ogg_crc(bytes(page)).to_bytes(4, "little")
+        out += page
+        pos = body_at + sum(lacing)
+    with open(dst, "wb") as f:
+        f.write(out)
+    return changed

@@ -126,3 +126,54 @@ def test_edit_list_trimmed_mp4_counts_like_ffmpeg(tmp_path):
     assert len(frames) == 84  # what FFmpeg presents (decord alone would say 96, padding the tail)
     first = VideoReader(src.path, backend="pyav").read([12], (80, 48))[0].astype(int)
     assert np.abs(frames[0].astype(int) - first).mean() < 4
+
+
+def _ffmpeg_frames(path: str) -> int:
+    """How many frames the ffmpeg CLI decodes from `path`."""
+    import re
+    import subprocess
+
+    import media
+
+    out = subprocess.run([media.ffmpeg(), "-i", path, "-map", "0:v", "-f", "null", "-"], capture_output=True,
+                         text=True).stderr
+    return int(re.findall(r"frame=\s*(\d+)", out)[-1])
+
+
+CONTAINERS = [  # (file, ffmpeg encoder arguments, frame rate)
+    ("theora.ogg", ["-c:v", "libtheora", "-q:v", "6"], "30000/1001"),
+    ("sorenson.flv", ["-c:v", "flv"], "25"),
+    ("h263.3gp", ["-c:v", "h263", "-s", "176x144"], "15"),
+    ("mpeg2.mpg", ["-c:v", "mpeg2video", "-f", "vob"], "25"),
+    ("vp9.webm", ["-c:v", "libvpx-vp9", "-b:v", "200k", "-deadline", "realtime"], "25"),
+    ("av1.mkv", ["-c:v", "libaom-av1", "-cpu-used", "8", "-b:v", "100k"], "24"),
+]
+
+
+@pytest.mark.parametrize("name,args,rate", CONTAINERS, ids=[c[0] for c in CONTAINERS])
+def test_every_container_decodes_every_frame_ffmpeg_decodes(tmp_path, name, args, rate):
+    import media
+
+    path = str(tmp_path / name)
+    media._run("-f", "lavfi", "-i", f"testsrc2=size=160x96:rate={rate}:duration=3", *args, path)
+    info = probe(path)
+    n = sum(1 for _ in VideoReader(path, info=info).iter_frames((64, 40)))
+    assert n == _ffmpeg_frames(path) and abs(info.frame_count - n) <= 2
+
+
+def test_theora_repeated_frames_do_not_end_the_video(tmp_path):
+    """Theora in Ogg writes a zero-length packet for "the previous frame again" (still scenes). PyAV took
+    the first one as end of stream: a held-aside 249-frame film read as 56 frames and `truncated`."""
+    import media
+
+    src, path = str(tmp_path / "src.ogg"), str(tmp_path / "repeats.ogg")
+    media._run("-f", "lavfi", "-i", "testsrc2=size=160x96:rate=30000/1001:duration=4", "-c:v", "libtheora", src)
+    assert media.ogg_with_repeats(src, path, set(range(30, 40)) | {80}) == 11
+    assert _ffmpeg_frames(path) == _ffmpeg_frames(src) - 11  # ffmpeg drops the repeats, and goes on
+    info = probe(path)
+    frames = list(VideoReader(path, info=info).iter_frames((64, 40)))
+    assert len(frames) == _ffmpeg_frames(src)  # every frame, repeats shown as the previous picture again
+    same = [i for i in range(1, len(frames)) if np.array_equal(frames[i], frames[i - 1])]
+    assert same == [*range(30, 40), 80]
+    picked = VideoReader(path, info=info).read([29, 35, 41, 80, 110], size=(64, 40))
+    assert all(np.array_equal(p, frames[i]) for p, i in zip(picked, [29, 35, 41, 80, 110]))
