@@ -20,8 +20,10 @@ class OcrParams:
     """frames: samples per clip (detection costs ~0.2-0.35 s a frame at 480-640 px on one CPU core:
     OCR is by far the costliest offline scorer). max_side: the detector's input size (longer side;
     text lines under ~10 px at this size are missed). box_thresh: detector box score.
-    max_line_height: detected "lines" taller than this share of the frame are dropped (the detector
-    fires on some large textures; real text lines are far shorter). subtitle_top: boxes whose centre
+    max_line_height: a detected "line" taller than this share of the frame is a title or a texture
+    (the detector fires on some large structures: a cup, windows); it counts as text only when OCR run
+    again on its crop reads lines there with a recognition score of at least `title_min_score` and at
+    least two letters or digits (then `text_title` is set). subtitle_top: boxes whose centre
     lies below this share of the height may be subtitles; subtitle_persistence: share of sampled
     frames that must hold one for `subtitle_box` to be set. recognize: also read the text into
     `ocr_text` (several times slower). threads: ONNX Runtime threads (None: the stage's num_cpus)."""
@@ -30,6 +32,7 @@ class OcrParams:
     max_side: Side = 480
     box_thresh: Fraction = 0.5
     max_line_height: Fraction = 0.3
+    title_min_score: Fraction = 0.8
     subtitle_top: Fraction = 0.6
     subtitle_persistence: Fraction = 0.5
     recognize: bool = False
@@ -41,6 +44,7 @@ class FrameText:
     boxes: list[Box]
     texts: list[str]
     area: float  # share of the frame inside the union of the boxes
+    title: bool = False  # some box came from a tall detection verified as text
 
 
 def _coverage(boxes: list[Box], grid: int = 200) -> float:
@@ -60,17 +64,18 @@ class OcrScorer(Scorer):
     """Columns: `text_area` (max over sampled frames of the share of the frame covered by text boxes;
     0 when none), `text_boxes` (normalised [x0, y0, x1, y1] boxes of the frame with the most text),
     `subtitle_box` (union of the bottom-band text boxes when text persists there across the clip, else
-    null), and with `recognize` `ocr_text` (distinct lines read, joined by " | ")."""
+    null), `text_title` (a large title: a detection taller than `max_line_height` that reads as text),
+    and with `recognize` `ocr_text` (distinct lines read, joined by " | ")."""
 
     name = "ocr"
-    version = "1"
+    version = "2"  # 2: tall detections verified by recognition count as text (titles)
     Params = OcrParams
     stateful = True
 
     def output_fields(self) -> list[pa.Field]:
         box = pa.list_(pa.float32(), 4)
         fields = [pa.field("text_area", pa.float32()), pa.field("text_boxes", pa.list_(box)),
-                  pa.field("subtitle_box", box)]
+                  pa.field("subtitle_box", box), pa.field("text_title", pa.bool_())]
         return [*fields, pa.field("ocr_text", pa.string())] if self.params.recognize else fields
 
     def request(self) -> FrameRequest:
@@ -81,7 +86,8 @@ class OcrScorer(Scorer):
 
         threads = self.params.threads or max(1, int(self.resources.num_cpus))
         self.engine = RapidOCR(params={
-            "Global.log_level": "error", "Global.use_cls": False, "Global.use_rec": self.params.recognize,
+            # the recognizer is loaded always: it verifies tall detections (titles) even without `recognize`
+            "Global.log_level": "error", "Global.use_cls": False, "Global.use_rec": True,
             # "max" bounds the detector input (the default "min" 736 upscales small frames: slow).
             "Det.limit_type": "max", "Det.limit_side_len": self.params.max_side,
             "Det.box_thresh": self.params.box_thresh,
@@ -89,29 +95,63 @@ class OcrScorer(Scorer):
             "EngineConfig.onnxruntime.inter_op_num_threads": 1,
         })
 
-    def read_frame(self, rgb: np.ndarray) -> FrameText:
-        """Text boxes (and, with `recognize`, their text) of one RGB frame."""
+    def _detect(self, rgb: np.ndarray, recognize: bool) -> list[tuple[Box, str | None, float | None]]:
+        """(normalised box, text, recognition score) of every detected line of an RGB image."""
         h, w = rgb.shape[:2]
-        bgr = np.ascontiguousarray(rgb[..., ::-1])  # RapidOCR takes arrays as OpenCV BGR
-        res = self.engine(bgr, use_det=True, use_cls=False, use_rec=self.params.recognize)
+        res = self.engine(np.ascontiguousarray(rgb[..., ::-1]), use_det=True, use_cls=False, use_rec=recognize)
         quads = getattr(res, "boxes", None)
         texts = list(getattr(res, "txts", None) or [])
-        boxes, kept = [], []
+        scores = list(getattr(res, "scores", None) or [])
+        out = []
         for j, quad in enumerate([] if quads is None else quads):
             q = np.asarray(quad, np.float64)
             box = (max(0.0, float(q[:, 0].min()) / w), max(0.0, float(q[:, 1].min()) / h),
                    min(1.0, float(q[:, 0].max()) / w), min(1.0, float(q[:, 1].max()) / h))
+            out.append((box, texts[j] if j < len(texts) else None, scores[j] if j < len(scores) else None))
+        return out
+
+    def _read(self, crop: np.ndarray) -> tuple[str, float]:
+        """The recognizer's text and score for one crop holding a single line."""
+        res = self.engine(np.ascontiguousarray(crop[..., ::-1]), use_det=False, use_cls=False, use_rec=True)
+        texts, scores = list(getattr(res, "txts", None) or []), list(getattr(res, "scores", None) or [])
+        return (texts[0], float(scores[0])) if texts and scores else ("", 0.0)
+
+    def _verify_tall(self, rgb: np.ndarray, box: Box) -> list[tuple[Box, str]]:
+        """The text lines read with confidence inside a tall detection: the whole box as one line (a big
+        title), else its halves or thirds (a block of two or three lines); none for a texture the
+        detector mistook for text."""
+        h, w = rgb.shape[:2]
+        x0, x1 = int(box[0] * w), int(np.ceil(box[2] * w))
+        for bands in (1, 2, 3):
+            edges = np.linspace(box[1], box[3], bands + 1)
+            lines = []
+            for top, bottom in zip(edges[:-1], edges[1:]):
+                text, score = self._read(rgb[int(top * h):int(np.ceil(bottom * h)), x0:x1])
+                if score >= self.params.title_min_score and sum(c.isalnum() for c in text) >= 2:
+                    lines.append(((box[0], float(top), box[2], float(bottom)), text))
+            if lines:
+                return lines
+        return []
+
+    def read_frame(self, rgb: np.ndarray) -> FrameText:
+        """Text boxes (and, with `recognize`, their text) of one RGB frame."""
+        boxes, kept, title = [], [], False
+        for box, text, _ in self._detect(rgb, recognize=self.params.recognize):
             if box[3] - box[1] <= self.params.max_line_height:
                 boxes.append(box)
-                if j < len(texts):
-                    kept.append(texts[j])
-        return FrameText(boxes=boxes, texts=kept, area=_coverage(boxes))
+                kept += [text] if text else []
+                continue
+            verified = self._verify_tall(rgb, box)
+            title = title or bool(verified)
+            boxes += [b for b, _ in verified]
+            kept += [t for _, t in verified] if self.params.recognize else []
+        return FrameText(boxes=boxes, texts=kept, area=_coverage(boxes), title=title)
 
     def score(self, clip: ClipFrames) -> dict:
         frames = [self.read_frame(f) for f in clip.at(self.params.max_side)]
         best = max(frames, key=lambda f: f.area)
         out = {"text_area": best.area, "text_boxes": [list(b) for b in best.boxes],
-               "subtitle_box": self._subtitle(frames)}
+               "subtitle_box": self._subtitle(frames), "text_title": any(f.title for f in frames)}
         if self.params.recognize:
             lines = list(dict.fromkeys(t.strip() for f in frames for t in f.texts if t.strip()))
             out["ocr_text"] = " | ".join(lines) if lines else None

@@ -67,3 +67,23 @@ def reencode(truth: synth.Truth, path, size: tuple[int, int] | None = None, crf:
     n = synth.write_video(path, frames(), fps=truth.fps, crf=crf)
     return synth.Truth(path=os.fspath(path), fps=truth.fps, size=size, frame_count=n, cuts=truth.cuts,
                        shots=truth.shots, text_boxes=truth.text_boxes)
+
+
+def draw_title(frame, lines: list[str], line_frac: float) -> list[tuple[int, int, int, int]]:
+    """Burn a centred title of `lines` into `frame`, each line `line_frac` of the frame high (letters
+    about 80 % of that), yellow with a black outline; return each line's box."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    font, lh = cv2.FONT_HERSHEY_TRIPLEX, line_frac * h
+    top, boxes = (h - len(lines) * lh) / 2, []
+    for i, text in enumerate(lines):
+        (_, th), _ = cv2.getTextSize(text, font, 1.0, 2)
+        scale = lh * 0.8 / th
+        thick = max(2, int(scale * 2))
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        x, y = (w - tw) // 2, int(top + (i + 1) * lh - (lh - th) / 2)
+        cv2.putText(frame, text, (x, y), font, scale, (0, 0, 0), thick + 4, cv2.LINE_AA)
+        cv2.putText(frame, text, (x, y), font, scale, (255, 230, 120), thick, cv2.LINE_AA)
+        boxes.append((x, y - th, x + tw, y + base))
+    return boxes

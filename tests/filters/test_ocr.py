@@ -33,3 +33,59 @@ def test_recognition_reads_the_text(vids):
     scorer.ensure_setup()
     assert "ocr_text" in [f.name for f in scorer.output_fields()]
     assert "A cat sits" in (scorer.score(frames_for(scorer, truth))["ocr_text"] or "")
+
+
+def _still(photo: str, size=(320, 180)):
+    import cv2
+    import numpy as np
+
+    from curation.frames import ClipFrames
+    from curation.synth import photo as load
+
+    frame = cv2.resize(load(photo), size, interpolation=cv2.INTER_AREA)
+    return frame, lambda f: ClipFrames(np.stack([f] * 3), np.arange(3), 24.0, f.shape[1], f.shape[0])
+
+
+def test_large_titles_count_as_text():
+    """Titles whose lines are taller than max_line_height (0.3 of the frame): one word 45 % high, two
+    lines 37 % high each, two words 40 % high. The detector finds them; recognition confirms them."""
+    from filter_media import draw_title
+
+    OCR.ensure_setup()
+    for lines, frac, photo in ((["FIN"], 0.45, "astronaut"), (["GRAND", "FINALE"], 0.37, "coffee"),
+                               (["THE END"], 0.4, "chelsea")):
+        frame, clip = _still(photo)
+        boxes = draw_title(frame, lines, frac)
+        out = OCR.score(clip(frame))
+        rendered = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) / (320 * 180)
+        assert out["text_title"] and out["text_area"] >= 0.8 * rendered, (lines, out, rendered)
+
+
+def test_a_tall_box_over_two_lines_is_read_line_by_line():
+    from filter_media import draw_title
+
+    OCR.ensure_setup()
+    frame, _ = _still("astronaut")
+    (a, b) = draw_title(frame, ["THE LAST", "HARBOUR"], 0.28)
+    block = (min(a[0], b[0]) / 320, a[1] / 180, max(a[2], b[2]) / 320, b[3] / 180)  # one box over both
+    lines = OCR._verify_tall(frame, block)
+    assert [t.replace(" ", "") for _, t in lines] == ["THELAST", "HARBOUR"]
+
+
+def test_large_structures_that_are_not_text_stay_out():
+    """At 480x270 the detector fires on the coffee photo's cup with a full-height box; a fence of stripes
+    and a grid of windows are large regular structures too. None of them is text."""
+    import numpy as np
+
+    OCR.ensure_setup()
+    frame, clip = _still("coffee", (480, 270))
+    assert any(b[3] - b[1] > 0.3 for b, _, _ in OCR._detect(frame, False))  # the tall false detection
+    fence = np.full((180, 320, 3), 180, np.uint8)
+    fence[:, np.arange(320) % 12 < 5] = 30
+    windows = np.full((180, 320, 3), 200, np.uint8)
+    for y in range(10, 160, 30):
+        for x in range(10, 300, 24):
+            windows[y:y + 20, x:x + 14] = (40, 40, 60)
+    for f in (frame, fence, windows):
+        out = OCR.score(clip(f))
+        assert out["text_area"] == 0 and not out["text_title"], out
