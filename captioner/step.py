@@ -36,7 +36,7 @@ from captioner.checks import CheckConfig, cross_check
 from captioner.prompt import prompt_hash
 from captioner.schema import SCHEMA_VERSION, Caption
 from curation.errors import ConfigError, error_kind
-from curation.frames import FrameRequest, decode_clips, resize_to
+from curation.frames import FrameRequest, crop_box, decode_clips, resize_to
 from curation.lake import Lake
 from curation.query import connect, to_arrow
 from curation.schema import FAILURES_SCHEMA
@@ -269,11 +269,7 @@ class CaptionStep(Step):
 
 def _crop(frames: np.ndarray, box, row: dict, max_side: int) -> list[np.ndarray]:
     """Frames (K,H,W,3) at a decoded size, cropped to `box` (native display px), longer side `max_side`."""
-    fh, fw = frames.shape[1:3]
-    sx, sy = fw / max(1, row["width"]), fh / max(1, row["height"])
-    x0, y0 = int(box[0] * sx), int(box[1] * sy)
-    x1, y1 = max(x0 + 2, int(round(box[2] * sx))), max(y0 + 2, int(round(box[3] * sy)))
-    return list(resize_to(np.ascontiguousarray(frames[:, y0:y1, x0:x1]), max_side))
+    return list(resize_to(crop_box(frames, box, row["width"], row["height"]), max_side))
 
 
 def _results(rows: list[dict], future) -> list[CaptionResult]:

@@ -57,7 +57,8 @@ class DedupParams:
     column: str = "embedding"  # the fixed_size_list<float32>[d] embedding column
     # cosine similarity at or above which two clips are duplicates
     threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.95
-    # Which clip of a group is kept: "<column> asc|desc" in priority order; "resolution" = width*height.
+    # Which clip of a group is kept: "<column> asc|desc" in priority order; "resolution" = the picture's
+    # area (inside content_box when the borders scorer ran, else width*height).
     # Missing columns are skipped, nulls sort last, clip_id ascending breaks the remaining ties.
     keep_by: tuple[str, ...] = ("resolution desc", "clarity desc", "aesthetic desc")
     # auto | exact (NumPy brute force) | index (bucketed join over the Lance IVF model's centroids)
@@ -208,7 +209,7 @@ def key_columns(keep_by: tuple[str, ...]) -> list[str]:
     out = []
     for spec in keep_by:
         name, _ = parse_key(spec)
-        out += ["width", "height"] if name == "resolution" else [name]
+        out += ["width", "height", "content_box"] if name == "resolution" else [name]
     return out
 
 
@@ -461,12 +462,18 @@ def decide(meta: dict, comp: np.ndarray, keep_by: tuple[str, ...]) -> tuple[pa.T
 
 
 def key_array(sub: pa.Table, name: str) -> pa.Array | None:
-    """Values of one keep-key column (`resolution` = width*height), or None when the table lacks it."""
+    """Values of one keep-key column, or None when the table lacks it. `resolution` is the picture's area:
+    inside `content_box` when known (a letterboxed copy's bars are not resolution), else width*height."""
     names = sub.column_names
     if name == "resolution":
         if "width" not in names or "height" not in names:
             return None
-        return pc.multiply(sub.column("width").cast(pa.int64()), sub.column("height").cast(pa.int64()))
+        area = pc.multiply(sub.column("width").cast(pa.int64()), sub.column("height").cast(pa.int64()))
+        if "content_box" not in names:
+            return area
+        boxes = sub.column("content_box").to_pylist()
+        return pa.array([(b[2] - b[0]) * (b[3] - b[1]) if b is not None else a
+                         for b, a in zip(boxes, area.to_pylist())], pa.int64())
     return sub.column(name) if name in names else None
 
 

@@ -49,6 +49,16 @@ def resize_to(frames: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
 
 
+def crop_box(frames: np.ndarray, box: Sequence[float], width: int, height: int) -> np.ndarray:
+    """(K,H,W,C) frames decoded at any size, cropped to `box` = (x0, y0, x1, y1) in the video's native
+    display pixels (`width` x `height`; x1/y1 exclusive), e.g. a `content_box` or a crop suggestion."""
+    fh, fw = frames.shape[1:3]
+    sx, sy = fw / max(1, width), fh / max(1, height)
+    x0, y0 = max(0, int(box[0] * sx)), max(0, int(box[1] * sy))
+    x1, y1 = max(x0 + 2, int(round(box[2] * sx))), max(y0 + 2, int(round(box[3] * sy)))
+    return np.ascontiguousarray(frames[:, y0:y1, x0:x1])
+
+
 def even_positions(n: int, k: int) -> np.ndarray:
     """`k` evenly spaced positions in range(n), each the middle of its share (all of them if k >= n)."""
     if k >= n:
@@ -83,6 +93,16 @@ class ClipFrames:
             if src is None:
                 raise ValueError("no next frames decoded: the scorer must request pairs=True")
             self._cache[key] = resize_to(src, max_side)
+        return self._cache[key]
+
+    def picture(self, max_side: int | None) -> np.ndarray:
+        """The samples at `max_side`, inside the clip's `content_box` when a scorer before (borders) found
+        one: letterbox and pillarbox bars cut away, so a barred re-encode shows the same picture."""
+        key = ("picture", max_side)
+        if key not in self._cache:
+            box = self.row.get("content_box")
+            frames = self.at(max_side)
+            self._cache[key] = frames if box is None else crop_box(frames, box, self.width, self.height)
         return self._cache[key]
 
     def gray(self, max_side: int | None, next: bool = False) -> np.ndarray:

@@ -285,9 +285,13 @@ def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progr
     `skip_uris`, just written) and set their columns in place."""
     fused = fuse(stages)
     fields = output_fields(fused)
+    produced = {x.name for x in fields}
+    have = lake.dataset("clips").schema
+    # every other column the lake holds travels along: scorers read earlier scorers' columns (the
+    # embeddings read content_box), and those are not recomputed here
     schema = row_schema(fields)
-    base = [f.name for f in schema if f.name in lake.dataset("clips").schema.names and
-            f.name not in {x.name for x in fields}]
+    schema = pa.schema([*schema, *(f for f in have if f.name not in schema.names and f.name not in produced)])
+    base = [f.name for f in schema if f.name in have.names and f.name not in produced]
     blocks = []
     for b in lake.scan("clips", columns=base, batch_size=64):
         t = pa.Table.from_batches([b])

@@ -37,10 +37,11 @@ class ClipEmbeddingParams:
 
 class ClipEmbeddingScorer(Scorer):
     """`embedding` (fixed_size_list<float32>[d]): mean of the frames' normalised CLIP embeddings,
-    L2-normalised; `embedding_model`: "open_clip:<model>:<pretrained>"."""
+    L2-normalised, of the picture inside `content_box` when `borders` runs before it;
+    `embedding_model`: "open_clip:<model>:<pretrained>"."""
 
     name = "clip_embedding"
-    version = "1"
+    version = "2"  # 2: embeds the picture inside content_box (bars cut away)
     Params = ClipEmbeddingParams
     stateful = True
 
@@ -64,7 +65,8 @@ class ClipEmbeddingScorer(Scorer):
         self.model_id = f"open_clip:{p.model}:{tag}"
 
     def score_batch(self, clips: Sequence[ClipFrames]) -> list[dict]:
-        embs = embed_clips(self.model, self.preprocess, [c.at(self.params.decode_side) for c in clips], self.device)
+        embs = embed_clips(self.model, self.preprocess, [c.picture(self.params.decode_side) for c in clips],
+                           self.device)
         return [{"embedding": _unit(e.mean(axis=0)).astype(np.float32), "embedding_model": self.model_id}
                 for e in embs]
 
@@ -105,11 +107,12 @@ def perceptual_features(rgb: np.ndarray, p: PerceptualParams) -> np.ndarray:
 
 class PerceptualEmbeddingScorer(Scorer):
     """`embedding` (fixed_size_list<float32>[d], d = dct_size² − 1 + 3·layout_grid² + hue_bins·sat_bins,
-    160 by default): the mean of per-frame perceptual features, L2-normalised; compare with cosine.
-    `embedding_model`: "perceptual-v1:<d>". Needs no weights (the offline default)."""
+    160 by default): the mean of per-frame perceptual features of the picture inside `content_box` (when
+    `borders` runs before it: bars and aspect changes do not move it), L2-normalised; compare with cosine.
+    `embedding_model`: "perceptual-v<version>:<d>". Needs no weights (the offline default)."""
 
     name = "embedding"
-    version = "1"
+    version = "2"  # 2: the picture inside content_box (bars cut away)
     Params = PerceptualParams
 
     @property
@@ -125,6 +128,6 @@ class PerceptualEmbeddingScorer(Scorer):
         return FrameRequest(frames=self.params.frames, max_side=128)
 
     def score(self, clip: ClipFrames) -> dict:
-        feats = np.stack([perceptual_features(f, self.params) for f in clip.at(128)])
+        feats = np.stack([perceptual_features(f, self.params) for f in clip.picture(128)])
         return {"embedding": _unit(feats.mean(axis=0)).astype(np.float32),
                 "embedding_model": f"perceptual-v{self.version}:{self.dim}"}

@@ -8,6 +8,7 @@ import os
 import pyarrow as pa
 import pytest
 
+from curation import synth
 from curation.cli import main
 from curation.errors import ConfigError
 from curation.lake import Lake
@@ -249,3 +250,33 @@ def test_a_file_that_kills_its_worker_is_a_failure_row_not_a_hang(demo_videos, t
     lost = query(lake, "select uri, kind, stage from failures").to_pylist()
     assert lost == [{"uri": str(folder / "crash.mp4"), "kind": "worker_lost", "stage": "runner"}]
     assert lake.count("clips") == sum(len(t.shots) for t in demo_videos[:2])
+
+
+def test_a_rescored_scorer_sees_the_columns_of_scorers_that_did_not_rerun(tmp_path):
+    """Only `embedding` is stale on the second run; it must still crop to the content_box `borders`
+    wrote on the first, so the rescored lake equals a fresh run."""
+    import numpy as np
+
+    import media
+
+    src = synth.make_video(tmp_path / "src.mp4", [synth.Shot("chelsea", 60, pan=(1.0, 0))], size=(320, 180))
+    barred = str(tmp_path / "in" / "barred.mp4")
+    os.makedirs(os.path.dirname(barred))
+    media._run("-i", src.path, "-vf", "pad=320:240:0:30", "-c:v", "libx264", barred)
+
+    def stages(w_dct):
+        return {"name": "r", "stages": [{"stage": "probe"}, {"stage": "split"}, {"stage": "borders"},
+                                        {"stage": "embedding", "params": {"w_dct": w_dct}}]}
+
+    run_pipeline(stages(0.5), [barred], tmp_path / "a", progress=False)
+    summary = run_pipeline(stages(1.0), [barred], tmp_path / "a", progress=False)
+    assert summary.steps["rescore"]["stages"] == ["embedding"]
+    run_pipeline(stages(1.0), [barred], tmp_path / "b", progress=False)
+    no_borders = stages(1.0)
+    no_borders["stages"].pop(2)
+    run_pipeline(no_borders, [barred], tmp_path / "c", progress=False)  # the bars left in
+    a, b, c = (np.array(query(str(tmp_path / x), "select embedding from clips order by clip_id").column(0)
+                        .to_pylist()) for x in "abc")
+    assert a.shape == b.shape == c.shape == (1, 160)
+    # equal up to resampling (the fresh run decodes once for borders and embedding at a larger size)
+    assert float(a[0] @ b[0]) > 0.995 and float(c[0] @ b[0]) < 0.5  # with the bars: 0.23

@@ -22,7 +22,7 @@ def _embed(scorer, truth) -> np.ndarray:
     out = scorer.score(frames_for(scorer, truth))
     emb = np.asarray(out["embedding"], np.float32)
     assert emb.shape == (scorer.dim,) and abs(np.linalg.norm(emb) - 1) < 1e-4
-    assert out["embedding_model"] == f"perceptual-v1:{scorer.dim}"
+    assert out["embedding_model"] == f"perceptual-v2:{scorer.dim}"
     return emb
 
 
