@@ -34,6 +34,9 @@ VIDEO_FIELDS = [
     pa.field("status", pa.string()),  # ok | failed | no_clips | duplicate
     pa.field("error", pa.string()),
     pa.field("cuts", pa.list_(pa.int64())),  # frames where the detector found a new shot
+    # gradual transitions (dissolve, fade, wipe) as inclusive frame spans; their frames are in no clip
+    pa.field("transitions", pa.list_(pa.struct([("start", pa.int64()), ("end", pa.int64()),
+                                                ("kind", pa.string())]))),
     pa.field("n_clips", pa.int32()),
     pa.field("dup_of_uri", pa.string()),  # byte-identical to an earlier video
 ]

@@ -18,14 +18,16 @@ from curation.schema import CLIP_FIELDS, CLIP_VIDEO_COLUMNS
 from curation.stage import Resources, Stage, failure, params
 from curation.video import VideoInfo, VideoReader, fit_size
 
-DETECTORS = ("content", "adaptive", "threshold", "histogram")
-Detector = Literal["content", "adaptive", "threshold", "histogram"]
+DETECTORS = ("content", "adaptive", "threshold", "histogram", "transnetv2")
+Detector = Literal["content", "adaptive", "threshold", "histogram", "transnetv2"]
 
 
 @params
 class SplitParams:
     """Scene-split settings. Thresholds left as None take PySceneDetect's defaults
-    (content 27, adaptive 3.0, threshold 12, histogram 0.2)."""
+    (content 27, adaptive 3.0, threshold 12, histogram 0.2). `transnetv2` (the learned detector, see
+    curation.transnet) runs on the same decode; fused with the others, its transition spans win: a cut
+    another detector puts inside or next to a TransNetV2 transition moves to the transition's end."""
 
     detectors: Annotated[list[Detector], Field(min_length=1)] = field(default_factory=lambda: ["content"])
     threshold: Annotated[float, Field(gt=0)] | None = None  # for the first detector
@@ -34,6 +36,7 @@ class SplitParams:
     min_clip_s: Annotated[float, Field(gt=0)] = 2.0  # shots shorter than this are dropped
     max_clip_s: Annotated[float, Field(gt=0)] = 10.0  # shots longer than this are cut into windows of this length
     sharp_start_frames: Annotated[int, Field(ge=0)] = 5  # choose each clip's first frame among this many (0/1 = off)
+    transnet_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # TransNetV2: a frame above it is in a transition
     backend: Literal["auto", "decord", "pyav"] = "auto"
 
 
@@ -66,6 +69,8 @@ def make_detectors(params: SplitParams, fps: float) -> list[tuple[object, bool]]
             dets.append((sd.ThresholdDetector(**thr, **common, add_final_scene=False), False))
         elif name == "histogram":
             dets.append((sd.HistogramDetector(**thr, **common), False))
+        elif name == "transnetv2":
+            continue  # not a PySceneDetect detector: detect() feeds it
         else:
             raise ConfigError(f"split: unknown detector '{name}'; choose from {DETECTORS}")
     return dets
@@ -77,14 +82,38 @@ def _is_gray(bgr: np.ndarray, limit: float = 3.0) -> bool:
     return float(np.abs(s[..., 0] - s[..., 1]).mean() + np.abs(s[..., 1] - s[..., 2]).mean()) < limit
 
 
-def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams) -> tuple[list[int], np.ndarray]:
-    """Run the detectors over BGR analysis frames. Returns (cut frames, per-frame Laplacian variance).
-    Cuts from several detectors are merged; cuts closer than `min_scene_len` keep the earlier one."""
+@dataclass
+class Boundaries:
+    """What the detectors found in one video: `cuts` (the first frame of each new shot), per-frame
+    Laplacian variance, and `transitions`: the gradual ones (dissolve, fade, wipe; from TransNetV2) as
+    {start, end, kind} spans, inclusive, whose frames belong to no shot."""
+
+    cuts: list[int]
+    sharpness: np.ndarray
+    transitions: list[dict] = field(default_factory=list)
+
+    def shots(self) -> list[tuple[int, int]]:
+        """[start, end) of each shot; a shot before a gradual transition ends where the transition starts."""
+        starts = {t["end"] + 1: t["start"] for t in self.transitions}
+        bounds = [0, *self.cuts, len(self.sharpness)]
+        return [(a, starts.get(b, b)) for a, b in zip(bounds[:-1], bounds[1:]) if starts.get(b, b) > a]
+
+
+def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device: str = "cpu") -> Boundaries:
+    """Run the detectors over BGR analysis frames. Cuts from several detectors are merged; cuts closer
+    than `min_scene_len` keep the earlier one; a cut across a flash (the same picture just before and
+    just after it) is dropped."""
     from scenedetect import FrameTimecode
 
     fps = float(fps)  # FrameTimecode refuses an int rate
     dets = make_detectors(params, fps)
+    learned = None
+    if "transnetv2" in params.detectors:
+        from curation.transnet import TransNetDetector, transitions
+
+        learned = TransNetDetector(device)
     sharp: list[float] = []
+    thumbs: list[np.ndarray] = []  # 576 bytes a frame, for the flash check
     gray_frames: list[bool] = []
     found: list[int] = []
     gray_found: list[int] = []
@@ -92,7 +121,10 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams) -> tup
     for n, bgr in enumerate(frames):
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         sharp.append(float(cv2.Laplacian(gray, cv2.CV_32F).var()))
+        thumbs.append(thumb(gray))
         gray_frames.append(_is_gray(bgr))
+        if learned is not None:
+            learned.process(bgr)
         tc = FrameTimecode(n, fps)
         for det, gray_only in dets:
             if gray_only and not gray_frames[-1]:
@@ -104,7 +136,44 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams) -> tup
             for det, gray_only in dets:
                 (gray_found if gray_only else found).extend(c.frame_num for c in det.post_process(end))
     found += [c for c in gray_found if 0 < c < len(gray_frames) and gray_frames[c] and gray_frames[c - 1]]
-    return _merge_cuts(found, len(sharp), params.min_scene_len), np.asarray(sharp, np.float32)
+    found = [c for c in found if not is_flash(thumbs, c)]
+    spans: list[tuple[int, int]] = []
+    if learned is not None:
+        spans = transitions(learned.finish()[1], params.transnet_threshold)
+        found = fuse_transitions(found, spans)
+    cuts = _merge_cuts(found, len(sharp), params.min_scene_len)
+    gradual = [{"start": a, "end": b, "kind": _kind(thumbs[a:b + 1])} for a, b in spans
+               if b - a + 1 >= 3 and b + 1 in cuts]
+    return Boundaries(cuts, np.asarray(sharp, np.float32), gradual)
+
+
+def _kind(thumbs: Sequence[np.ndarray]) -> str:
+    """'fade' when the transition passes through a (near) black or white frame, else 'gradual'
+    (a dissolve, a wipe, a slide: told apart by nothing this cheap)."""
+    levels = [float(t.mean()) for t in thumbs]
+    return "fade" if levels and (min(levels) < 24 or max(levels) > 232) else "gradual"
+
+
+def thumb(gray: np.ndarray) -> np.ndarray:
+    """A 32x18 blurred luma thumbnail: what stays the same across a flash or codec noise."""
+    return cv2.GaussianBlur(cv2.resize(gray, (32, 18), interpolation=cv2.INTER_AREA), (3, 3), 0).astype(np.int16)
+
+
+def is_flash(thumbs: Sequence[np.ndarray], cut: int, reach: int = 3, same: float = 8.0) -> bool:
+    """A cut that is a brief brightness spike inside one shot (a camera flash, a lightning strike): some
+    frame just before it and some frame just after it, up to `reach` frames away, show the same picture
+    (mean luma difference below `same` levels). At a real cut no frame before matches one after."""
+    before = thumbs[max(0, cut - reach):cut]
+    after = thumbs[cut:cut + reach + 1]
+    return any(float(np.abs(a - b).mean()) < same for a in before for b in after)
+
+
+def fuse_transitions(cuts: Sequence[int], spans: Sequence[tuple[int, int]], margin: int = 2) -> list[int]:
+    """TransNetV2's cuts (the first frame after each transition span) plus the other detectors' cuts
+    that fall outside every span (widened by `margin` frames): a dissolve's middle, where a content
+    detector fires, is never a cut, and the next shot starts after the transition."""
+    outside = [c for c in cuts if not any(a - margin <= c <= b + 1 + margin for a, b in spans)]
+    return sorted({b + 1 for _, b in spans} | set(outside))
 
 
 def _merge_cuts(cuts: Sequence[int], n_frames: int, min_gap: int) -> list[int]:
@@ -113,11 +182,6 @@ def _merge_cuts(cuts: Sequence[int], n_frames: int, min_gap: int) -> list[int]:
         if 0 < c < n_frames and (not merged or c - merged[-1] >= min_gap):
             merged.append(c)
     return merged
-
-
-def shots_from_cuts(cuts: Sequence[int], n_frames: int) -> list[tuple[int, int]]:
-    bounds = [0, *cuts, n_frames]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def make_clips(shots: Sequence[tuple[int, int]], fps: float, sharpness: np.ndarray,
@@ -168,7 +232,7 @@ class SplitStage(Stage):
         return ["uri", "video_id", "status", "width", "height", "fps", "frame_count"]
 
     def output_columns(self) -> list[str]:
-        return ["cuts", "n_clips", *CLIP_VIDEO_COLUMNS, *(f.name for f in CLIP_FIELDS)]
+        return ["cuts", "transitions", "n_clips", *CLIP_VIDEO_COLUMNS, *(f.name for f in CLIP_FIELDS)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict] = []
@@ -183,20 +247,20 @@ class SplitStage(Stage):
             reader = VideoReader(row["uri"], backend=self.params.backend, info=VideoInfo.from_row(row))
             info = reader.info
             size = fit_size(info.width, info.height, target_width=self.params.analysis_width)
-            cuts, sharp = detect(reader.iter_frames(size, bgr=True), info.fps, self.params)
+            found = detect(reader.iter_frames(size, bgr=True), info.fps, self.params, self.resources.device)
         except Exception as exc:  # noqa: BLE001 - becomes a failure row
             return [{**row, "status": "failed", "error": str(exc), "n_clips": 0,
                      "failures": [*(row["failures"] or []), failure(self.name, exc)]}]
-        n = len(sharp)
+        n, cuts = len(found.sharpness), found.cuts
         fps = info.fps
-        video = {**row, "frame_count": n, "duration_s": n / fps, "cuts": cuts}
+        video = {**row, "frame_count": n, "duration_s": n / fps, "cuts": cuts, "transitions": found.transitions}
         warnings = list(row["failures"] or [])
         if info.frame_count and n < 0.9 * info.frame_count:
             warnings.append(failure(self.name, VideoError(
                 f"only {n} of {info.frame_count} frames decode: the file is truncated; clips use what decodes",
                 kind="truncated")))
         video["failures"] = warnings
-        spans = make_clips(shots_from_cuts(cuts, n), fps, sharp, self.params)
+        spans = make_clips(found.shots(), fps, found.sharpness, self.params)
         if not spans:
             why = VideoError(f"no shot of at least min_clip_s={self.params.min_clip_s}s "
                              f"({n} frames, {n / fps:.2f}s, {len(cuts)} cuts)", kind="too_short")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from curation import synth
-from curation.split import SplitParams, detect, make_clips, shots_from_cuts
+from curation.split import Boundaries, SplitParams, detect, make_clips
 from curation.video import VideoReader, fit_size
 
 SHOTS = [  # varied content and motion, as a real edit has
@@ -29,7 +29,8 @@ def edited(tmp_path_factory):
 def _cuts(path, **params):
     reader = VideoReader(path)
     size = fit_size(reader.info.width, reader.info.height, target_width=256)
-    return detect(reader.iter_frames(size, bgr=True), reader.info.fps, SplitParams(**params))
+    found = detect(reader.iter_frames(size, bgr=True), reader.info.fps, SplitParams(**params))
+    return found.cuts, found.sharpness
 
 
 @pytest.mark.parametrize("detectors", [["content"], ["adaptive"], ["content", "adaptive"]])
@@ -73,7 +74,7 @@ def test_make_clips_drops_windows_and_sharp_start():
     params = SplitParams(min_clip_s=2.0, max_clip_s=5.0, sharp_start_frames=5)
     sharp = np.full(200, 100.0, np.float32)
     sharp[0:3] = 5.0  # the first shot opens on three blurry frames
-    shots = shots_from_cuts([60, 75, 200 - 5], 200)  # 60, 15 (too short), 120, 5 (too short)
+    shots = Boundaries([60, 75, 200 - 5], np.zeros(200)).shots()  # 60, 15 (too short), 120, 5 (too short)
     clips = make_clips(shots, fps, sharp, params)
     spans = [(c.start, c.end, c.shot_index) for c in clips]
     # shot 0 [0,60): starts on frame 3 (sharp), windowed at 50 frames: [3,50) then [50,60) is too short
@@ -93,7 +94,7 @@ def test_sharp_start_on_real_blurry_opening(tmp_path):
     frames = [cv2.GaussianBlur(img, (0, 0), 4)] * 3 + [img] * 57
     synth.write_video(tmp_path / "b.mp4", frames, fps=24)
     cuts, sharp = _cuts(tmp_path / "b.mp4")
-    (clip,) = make_clips(shots_from_cuts(cuts, len(sharp)), 24.0, sharp, SplitParams(min_clip_s=1))
+    (clip,) = make_clips(Boundaries(cuts, sharp).shots(), 24.0, sharp, SplitParams(min_clip_s=1))
     assert clip.start == 3
 
 
