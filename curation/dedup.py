@@ -471,9 +471,10 @@ def key_array(sub: pa.Table, name: str) -> pa.Array | None:
         area = pc.multiply(sub.column("width").cast(pa.int64()), sub.column("height").cast(pa.int64()))
         if "content_box" not in names:
             return area
-        boxes = sub.column("content_box").to_pylist()
-        return pa.array([(b[2] - b[0]) * (b[3] - b[1]) if b is not None else a
-                         for b, a in zip(boxes, area.to_pylist())], pa.int64())
+        box = sub.column("content_box")
+        side = [pc.subtract(pc.list_element(box, hi).cast(pa.int64()), pc.list_element(box, lo).cast(pa.int64()))
+                for lo, hi in ((0, 2), (1, 3))]
+        return pc.if_else(pc.is_null(box), area, pc.multiply(*side))
     return sub.column(name) if name in names else None
 
 

@@ -139,7 +139,7 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device
     found = [c for c in found if not is_flash(thumbs, c)]
     spans: list[tuple[int, int]] = []
     if learned is not None:
-        spans = transitions(learned.finish()[1], params.transnet_threshold)
+        spans = transitions(learned.finish(), params.transnet_threshold)
         found = fuse_transitions(found, spans)
     cuts = _merge_cuts(found, len(sharp), params.min_scene_len)
     gradual = [{"start": a, "end": b, "kind": _kind(thumbs[a:b + 1])} for a, b in spans

@@ -38,14 +38,14 @@ def load_model(device: str = "cpu"):
 
 
 class TransNetDetector:
-    """Feed BGR analysis frames one by one (`process`), then `finish()` returns, per frame, the network's
-    two outputs: the probability that a shot boundary is at that frame (`single`), and that the frame
-    belongs to a transition (`many`: every frame of a dissolve, fade or wipe, trained as "many-hot")."""
+    """Feed BGR analysis frames one by one (`process`), then `finish()` returns, per frame, the probability
+    that the frame belongs to a transition: the network's "many-hot" output, trained to mark every frame
+    of a dissolve, fade or wipe (its single-frame output marks one frame of each, the middle of a gradual
+    one, which is no shot's first frame)."""
 
     def __init__(self, device: str = "cpu"):
         self.model = load_model(device)
         self.window: list[np.ndarray] = []  # the small frames not yet scored, plus their context
-        self.single: list[np.ndarray] = []
         self.many: list[np.ndarray] = []
         self.n = 0
 
@@ -64,20 +64,19 @@ class TransNetDetector:
 
         batch = torch.from_numpy(np.stack(frames)[None]).to(self.model.device)
         with torch.inference_mode():
-            single, many = self.model.predict_raw(batch)
-        self.single.append(single[0, CONTEXT:CONTEXT + STEP, 0].float().cpu().numpy())
+            _, many = self.model.predict_raw(batch)
         self.many.append(many[0, CONTEXT:CONTEXT + STEP, 0].float().cpu().numpy())
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """(single, many): (n,) probabilities per frame."""
+    def finish(self) -> np.ndarray:
+        """(n,) transition probability per frame."""
         if self.n == 0:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        scored = sum(len(p) for p in self.single)
+            return np.zeros(0, np.float32)
+        scored = STEP * len(self.many)
         while scored < self.n:  # pad the tail with the last frame until every frame has been scored
             self._score(self.window + [self.window[-1]] * (WINDOW - len(self.window)))
             self.window = self.window[STEP:]
             scored += STEP
-        return np.concatenate(self.single)[: self.n], np.concatenate(self.many)[: self.n]
+        return np.concatenate(self.many)[: self.n]
 
 
 def transitions(many: np.ndarray, threshold: float = 0.5, gap: int = 4) -> list[tuple[int, int]]:

@@ -291,7 +291,6 @@ class VideoReader:
             yield from vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
     def _iter_pyav(self, size: Size | None, skip: int = 0, fmt: str = "rgb24") -> Iterator[np.ndarray]:
-
         stored = _stored(size, self.info.rotation)
         kwargs = {"width": stored[0], "height": stored[1]} if stored else {}
         with _open_container(self.path) as container:

@@ -116,17 +116,18 @@ class OcrScorer(Scorer):
         texts, scores = list(getattr(res, "txts", None) or []), list(getattr(res, "scores", None) or [])
         return (texts[0], float(scores[0])) if texts and scores else ("", 0.0)
 
-    def _verify_tall(self, rgb: np.ndarray, box: Box) -> list[tuple[Box, str]]:
+    def _verify_tall(self, rgb: np.ndarray, box: Box, read: tuple[str, float] | None = None) -> list[tuple[Box, str]]:
         """The text lines read with confidence inside a tall detection: the whole box as one line (a big
-        title), else its halves or thirds (a block of two or three lines); none for a texture the
-        detector mistook for text."""
+        title; `read` is its reading when the detection pass already recognised it), else its halves or
+        thirds (a block of two or three lines); none for a texture the detector mistook for text."""
         h, w = rgb.shape[:2]
         x0, x1 = int(box[0] * w), int(np.ceil(box[2] * w))
         for bands in (1, 2, 3):
             edges = np.linspace(box[1], box[3], bands + 1)
             lines = []
             for top, bottom in zip(edges[:-1], edges[1:]):
-                text, score = self._read(rgb[int(top * h):int(np.ceil(bottom * h)), x0:x1])
+                whole = bands == 1 and read is not None
+                text, score = read if whole else self._read(rgb[int(top * h):int(np.ceil(bottom * h)), x0:x1])
                 if score >= self.params.title_min_score and sum(c.isalnum() for c in text) >= 2:
                     lines.append(((box[0], float(top), box[2], float(bottom)), text))
             if lines:
@@ -136,12 +137,15 @@ class OcrScorer(Scorer):
     def read_frame(self, rgb: np.ndarray) -> FrameText:
         """Text boxes (and, with `recognize`, their text) of one RGB frame."""
         boxes, kept, title = [], [], False
-        for box, text, _ in self._detect(rgb, recognize=self.params.recognize):
+        for box, text, score in self._detect(rgb, recognize=self.params.recognize):
             if box[3] - box[1] <= self.params.max_line_height:
                 boxes.append(box)
                 kept += [text] if text else []
                 continue
-            verified = self._verify_tall(rgb, box)
+            # with `recognize` the detection pass has read the box already (without it, scores are the
+            # detector's box scores, not readings)
+            read = (text or "", float(score)) if self.params.recognize and score is not None else None
+            verified = self._verify_tall(rgb, box, read)
             title = title or bool(verified)
             boxes += [b for b, _ in verified]
             kept += [t for _, t in verified] if self.params.recognize else []

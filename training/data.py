@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from captioner.synth import synthesize
 from curation.lake import Lake
 from curation.video import VideoInfo, VideoReader, probe
 
@@ -116,8 +117,6 @@ def training_prompt(ref: ClipRef, seed: int) -> str:
     permutation, HunyuanVideo), a different but reproducible one per `seed`; the fallback when the clip
     has no caption or the synthesis leaves nothing (a caption holding no filled field)."""
     if ref.caption:
-        from captioner.synth import synthesize
-
         text = synthesize(ref.caption, seed)
         if text.strip():
             return text
