@@ -33,9 +33,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from curation.query import query, render
+    from curation.query import print_query
 
-    print(render(query(args.lake, args.query), args.format))
+    print_query(args.lake, args.query, args.format, max_rows=args.max_rows)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from curation.export import export_tier
+
+    summary = export_tier(args.lake, args.tier, args.format, args.out, shard_size=args.shard_size,
+                          size=args.size, progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from curation.report import write_report
+
+    path = write_report(args.lake, args.output, spec=args.spec)
+    print(f"report: {path}")
     return 0
 
 
@@ -57,8 +74,17 @@ def cmd_tier(args: argparse.Namespace) -> int:
     from curation.lake import Lake
     from curation.tiers import TierStep, render_funnel
 
-    params = {"spec": args.spec, **({"only": args.only} if args.only else {})}
-    print(render_funnel(TierStep(params).run(Lake(args.lake, create=False))))
+    lake = Lake(args.lake, create=False)
+    spec = args.spec
+    if args.calibrate:
+        from curation.calibrate import calibrate, render_calibration, write_spec
+
+        specs, results = calibrate(lake, spec)
+        spec = args.calibrated_out or os.path.join(lake.root, "tiers.calibrated.yaml")
+        write_spec(specs, spec, args.spec)
+        print(render_calibration(results) + f"\ncalibrated spec: {spec}\n")
+    params = {"spec": spec, **({"only": args.only} if args.only else {})}
+    print(render_funnel(TierStep(params).run(lake)))
     return 0
 
 
@@ -98,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("sql", help="query the lake with DuckDB (every table is a view of its name)")
     q.add_argument("query", help='e.g. "select uri, cuts from videos"')
     q.add_argument("--lake", "-l", required=True)
-    q.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table")
+    q.add_argument("--format", "-f", choices=("table", "csv", "json"), default="table",
+                   help="table: aligned text, at most --max-rows rows; csv/json: every row, streamed")
+    q.add_argument("--max-rows", type=int, default=40, help="rows the table format shows (default 40)")
     q.set_defaults(func=cmd_sql)
 
     tb = sub.add_parser("tables", help="list the lake's tables (rows, version) and, with --producers, "
@@ -111,7 +139,28 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lake", "-l", required=True)
     t.add_argument("--spec", default="tiers", help="tier spec YAML path or bundled name (default: tiers)")
     t.add_argument("--only", nargs="+", help="write only these tiers")
+    t.add_argument("--calibrate", action="store_true", help="fit each tier's score thresholds to its `keep` "
+                   "fraction from the lake's score distributions, write the calibrated spec, tier with it")
+    t.add_argument("--calibrated-out", help="where --calibrate writes the spec (default: LAKE/tiers.calibrated.yaml)")
     t.set_defaults(func=cmd_tier)
+
+    e = sub.add_parser("export", help="export a tier for other trainers: WebDataset shards (cut, cropped mp4 "
+                       "+ json) or a Parquet manifest; resumable")
+    e.add_argument("--lake", "-l", required=True)
+    e.add_argument("--tier", required=True, help="tier name, e.g. 360p (a tiers/<name> table)")
+    e.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset")
+    e.add_argument("--out", "-o", required=True, help="output folder")
+    e.add_argument("--shard-size", type=int, default=1000, help="clips per WebDataset shard (default 1000)")
+    e.add_argument("--size", type=int, help="short side of the exported clips in pixels (default: the tier's "
+                   "`size`, else its source size)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="write the curation report: one self-contained HTML file")
+    rp.add_argument("--lake", "-l", required=True)
+    rp.add_argument("--output", "-o", default=None, help="HTML file (default: LAKE/report.html)")
+    rp.add_argument("--spec", default="tiers", help="tier spec whose thresholds the histograms show")
+    rp.set_defaults(func=cmd_report)
 
     for register in plugin_commands():
         register(sub)

@@ -41,6 +41,9 @@ def run_demo(out: str, num_cpus: int | None = None, pipeline: str = "default") -
         sql = "select clip_id, caption from clips where caption_status = 'ok' order by clip_id limit 2"
         print(f"\n$ videocurate sql --lake {lake} --format json \"{sql}\"")
         print(render(query(lake, sql), "json"))
+    from curation.report import write_report
+
+    print(f"\nreport: {write_report(lake, os.path.join(out, 'report.html'))}")
     print(f"\nlake: {lake}\n  try: videocurate sql --lake {lake} \"select * from tiers_256p\"\n"
           f"       videocurate train --lake {lake} --vae random --max-steps 3 --out {out}/checkpoints")
     return 0 if hits == total else 1

@@ -29,13 +29,18 @@ CROP_FIELDS = [pa.field(n, pa.int32()) for n in ("crop_x0", "crop_y0", "crop_x1"
 class TierSpec:
     """One tier: `filters` maps a name to a SQL predicate over clip columns; a clip enters the tier when
     it is in `parent` (all clips when None) and every predicate is true (NULL counts as false).
-    `requires` lists columns without which the tier is skipped (e.g. `aesthetic` for SFT)."""
+    `requires` lists columns without which the tier is skipped (e.g. `aesthetic` for SFT). `size` is the
+    tier's training resolution (short side in pixels: what `export` writes); `keep` is the fraction of
+    the parent's clips the tier should keep, the target of `tier --calibrate` (curation/calibrate.py)."""
 
     name: str
     filters: dict[str, str]
     parent: str | None = None
     requires: list[str] = field(default_factory=list)
     description: str = ""
+    size: int | None = None
+    keep: float | None = None
+    calibration: dict | None = None  # set by `tier --calibrate`: original filters, target and kept share
 
 
 @params
