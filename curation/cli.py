@@ -48,6 +48,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from curation.check import check_lake, render
+
+    problems = check_lake(args.lake, args.input)
+    print(render(problems, args.lake))
+    return 1 if problems else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from curation.report import write_report
 
@@ -155,6 +163,12 @@ def parser() -> argparse.ArgumentParser:
                    "`size`, else its source size)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_export)
+
+    ck = sub.add_parser("check", help="verify the lake's invariants (unique ids, clips of ok videos, failures "
+                        "recorded, producers, tiers nested); exit 1 with the list when one breaks")
+    ck.add_argument("--lake", "-l", required=True)
+    ck.add_argument("--input", "-i", nargs="+", help="also check that every file these name is in the lake")
+    ck.set_defaults(func=cmd_check)
 
     rp = sub.add_parser("report", help="write the curation report: one self-contained HTML file")
     rp.add_argument("--lake", "-l", required=True)

@@ -50,7 +50,9 @@ class RunSummary:
                f"videos ok {v['ok']}, failed {v['failed']}, no clips {v['no_clips']}, "
                f"duplicate {v['duplicate']}; clips {self.stats.clips}; failure rows {self.stats.failures}"]
         for k, s in self.steps.items():
-            if k == "tiers":
+            if "skipped" in s:
+                out.append(f"step {k}: skipped ({s['skipped']})")
+            elif k == "tiers":
                 from curation.tiers import render_funnel
 
                 out += ["step tiers:", *("  " + line for line in render_funnel(s).splitlines())]
@@ -270,6 +272,10 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     if todo or stale:
         lake.record_producers("clips", {f.name: _producer(f) for f in fields})
     for step in steps:
+        if not lake.count(step.table):  # a completed run whose inputs all failed or made no clip
+            summary.steps[step.name] = {"step": step.name, "skipped": f"no rows in '{step.table}' yet: no input "
+                                        "has made a clip"}
+            continue
         summary.steps[step.name] = step.run(lake)
     summary.seconds = time.monotonic() - t0
     return summary

@@ -7,6 +7,7 @@ predicate removed (the funnel)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from curation.pipeline import find_yaml
 from curation.query import connect, to_arrow
 from curation.stage import Step, params
 
+TIER_KEY = "videocurate.tier"  # a tier table's schema metadata: {"parent": name or null, "spec": path}
 DROP_FROM_TIERS = ("embedding",)  # large columns a tier does not repeat (join clips on clip_id for them)
 CROP_FIELDS = [pa.field(n, pa.int32()) for n in ("crop_x0", "crop_y0", "crop_x1", "crop_y1")]
 
@@ -137,6 +139,8 @@ class TierStep(Step):
                 for f, arr in zip(CROP_FIELDS, crop_boxes(out)):
                     out = out.append_column(f, arr)
                 lake.overwrite(f"tiers/{spec.name}", out)
+                lake.dataset(f"tiers/{spec.name}").update_schema_metadata(
+                    {TIER_KEY: json.dumps({"parent": spec.parent, "spec": self.params.spec})})
         return {"step": self.name, "tiers": funnel, "seconds": round(time.monotonic() - t0, 3)}
 
     @staticmethod

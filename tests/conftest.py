@@ -40,3 +40,19 @@ def demo_videos(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("demo")
     return synth.demo_set(str(folder))
+
+
+@pytest.fixture(autouse=True)
+def lakes_stay_sound(request):
+    """After every test that ran a pipeline into a lake under its tmp_path, `videocurate check` holds on
+    that lake (tests that break a lake on purpose are marked `broken_lake`)."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    if tmp is None or request.node.get_closest_marker("broken_lake"):
+        return
+    from curation.check import check_lake, render
+
+    for videos in sorted(tmp.rglob("videos.lance")):
+        lake = str(videos.parent)
+        problems = check_lake(lake)
+        assert not problems, render(problems, lake)
