@@ -4,7 +4,6 @@ examples."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -85,7 +84,7 @@ def check_lake(lake: Lake | str, inputs: Iterable[str] | None = None) -> list[Pr
 def _tiers(lake: Lake, con, tables: set[str]) -> list[Problem]:
     out = []
     for t in sorted(x for x in tables if x.startswith("tiers/")):
-        meta = json.loads((lake.dataset(t).schema.metadata or {}).get(TIER_KEY.encode(), b"{}"))
+        meta = lake.meta(t, TIER_KEY) or {}
         parent = f'"tiers/{meta["parent"]}"' if meta.get("parent") else "clips"
         if parent != "clips" and parent.strip('"') not in tables:
             out.append(Problem("tiers are subsets of their parents", 1, [f"{t}: parent {parent} is missing"]))

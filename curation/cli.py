@@ -48,6 +48,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_redrive(args: argparse.Namespace) -> int:
+    from curation.redrive import redrive
+
+    summary = redrive(args.lake, stage=args.stage, kind=args.kind, pipeline=args.pipeline, overrides=args.set or [],
+                      address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from curation.check import check_lake, render
 
@@ -163,6 +172,18 @@ def parser() -> argparse.ArgumentParser:
                    "`size`, else its source size)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_export)
+
+    rd = sub.add_parser("redrive", help="retry recorded failures (all, or of one stage / kind) and mark the ones "
+                        "that now succeed resolved; failure rows keep their history")
+    rd.add_argument("--lake", "-l", required=True)
+    rd.add_argument("--stage", help="only failures of this stage (e.g. probe, split, clarity, caption)")
+    rd.add_argument("--kind", help="only failures of this kind (e.g. decode_error, server_error)")
+    rd.add_argument("--pipeline", help="pipeline to rerun with (default: the one the lake's last run recorded)")
+    rd.add_argument("--set", "-s", action="append", metavar="STAGE.PARAM=VALUE", help="override a parameter")
+    rd.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    rd.add_argument("--num-cpus", type=int)
+    rd.add_argument("--no-progress", action="store_true")
+    rd.set_defaults(func=cmd_redrive)
 
     ck = sub.add_parser("check", help="verify the lake's invariants (unique ids, clips of ok videos, failures "
                         "recorded, producers, tiers nested); exit 1 with the list when one breaks")

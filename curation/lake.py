@@ -116,17 +116,21 @@ class Lake:
         return ds.to_batches(columns=columns, filter=where, batch_size=batch_size)
 
     # ---- provenance ------------------------------------------------------------------------------
+    def meta(self, table: str, key: str):
+        """A JSON value kept in a table's schema metadata (None when the table or key is missing)."""
+        ds = self.dataset(table)
+        raw = None if ds is None else (ds.schema.metadata or {}).get(key.encode())
+        return json.loads(raw) if raw else None
+
+    def set_meta(self, table: str, key: str, value) -> None:
+        ds = self.dataset(table)
+        if ds is not None:
+            ds.update_schema_metadata({key: json.dumps(value, sort_keys=True, default=str)})
+
     def producers(self, table: str = "clips") -> dict[str, dict]:
         """column name → {stage, version, params} of the stage that produced it."""
-        ds = self.dataset(table)
-        if ds is None:
-            return {}
-        raw = (ds.schema.metadata or {}).get(PRODUCERS_KEY.encode())
-        return json.loads(raw) if raw else {}
+        return self.meta(table, PRODUCERS_KEY) or {}
 
     def record_producers(self, table: str, producers: dict[str, dict]) -> None:
-        ds = self.dataset(table)
-        if ds is None or not producers:
-            return
-        merged = {**self.producers(table), **producers}
-        ds.update_schema_metadata({PRODUCERS_KEY: json.dumps(merged, sort_keys=True, default=str)})
+        if producers:
+            self.set_meta(table, PRODUCERS_KEY, {**self.producers(table), **producers})

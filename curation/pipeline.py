@@ -61,6 +61,12 @@ class Pipeline:
         raise ConfigError(f"--set names '{name}', which is not in pipeline '{self.name}' "
                           f"(its entries: {[s.name for s in self.stages]})")
 
+    def document(self) -> dict:
+        """The pipeline as a YAML/JSON document (overrides applied): `load_pipeline(doc)` rebuilds it."""
+        return {"name": self.name, "description": self.description, "commit_every": self.commit_every,
+                "stages": [{s.kind: s.name, **({"params": s.params} if s.params else {}),
+                            **({"resources": s.resources} if s.resources else {})} for s in self.stages]}
+
     def override(self, assignments: Iterable[str]) -> Pipeline:
         """Apply `STAGE.PARAM=VALUE` strings (VALUE parsed as YAML: numbers, lists, booleans)."""
         for item in assignments:

@@ -27,9 +27,10 @@ from curation.pipeline import Pipeline, load_pipeline
 from curation.schema import FAILURES_SCHEMA, row_schema, rows_to_table
 from curation.scoring import fuse
 from curation.stage import Stage, Step, field_meta
-from curation.writer import LakeWriter, WriteStats, failure_rows, recover
+from curation.writer import LakeWriter, WriteStats, failure_rows, quoted, recover
 
 log = logging.getLogger("videocurate")
+PIPELINE_KEY = "videocurate.pipeline"  # `videos` metadata: the last run's pipeline (what `redrive` reruns)
 
 
 @dataclass
@@ -218,8 +219,13 @@ def lake_state(lake: Lake, retry_failed: bool) -> LakeState:
         for b in lake.scan("failures", columns=["uri", "attempt"]):
             for uri, attempt in zip(b.column(0).to_pylist(), b.column(1).to_pylist()):
                 state.attempts[uri] = max(state.attempts.get(uri, 1), (attempt or 1) + 1)
-        lake.delete("videos", "status = 'failed'")
     return state
+
+
+def forget_failed(lake: Lake, uris: list[str]) -> None:
+    """Delete the `failed` videos rows of inputs about to be retried (their failure rows stay: history)."""
+    for i in range(0, len(uris), 500):
+        lake.delete("videos", f"status = 'failed' AND uri IN ({quoted(uris[i:i + 500])})")
 
 
 def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: str | Lake,
@@ -242,6 +248,8 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     recover(lake)
     state = lake_state(lake, retry_failed)
     todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in state.done]
+    if retry_failed:
+        forget_failed(lake, [f.uri for f in todo])
     summary = RunSummary(pipe.name, lake.root, len(files), len(files) - len(todo), WriteStats(),
                          problems=problems)
 
@@ -271,6 +279,7 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
         summary.steps["rescore"] = rescore_existing(lake, stale, {f.uri for f in todo}, progress)
     if todo or stale:
         lake.record_producers("clips", {f.name: _producer(f) for f in fields})
+        lake.set_meta("videos", PIPELINE_KEY, pipe.document())
     for step in steps:
         if not lake.count(step.table):  # a completed run whose inputs all failed or made no clip
             summary.steps[step.name] = {"step": step.name, "skipped": f"no rows in '{step.table}' yet: no input "
@@ -286,9 +295,10 @@ def _producer(f: pa.Field) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progress: bool) -> dict:
+def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progress: bool,
+                     where: str | None = None) -> dict:
     """Run `stages` (those whose columns are stale) over the clips already in the lake (except those of
-    `skip_uris`, just written) and set their columns in place."""
+    `skip_uris`, just written; only those matching `where` when given) and set their columns in place."""
     fused = fuse(stages)
     fields = output_fields(fused)
     produced = {x.name for x in fields}
@@ -299,7 +309,7 @@ def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progr
     schema = pa.schema([*schema, *(f for f in have if f.name not in schema.names and f.name not in produced)])
     base = [f.name for f in schema if f.name in have.names and f.name not in produced]
     blocks = []
-    for b in lake.scan("clips", columns=base, batch_size=64):
+    for b in lake.scan("clips", columns=base, where=where, batch_size=64):
         t = pa.Table.from_batches([b])
         if skip_uris:
             t = t.filter(pc.invert(pc.is_in(t["uri"], pa.array(sorted(skip_uris)))))

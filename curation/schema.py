@@ -66,6 +66,7 @@ FAILURE_FIELDS = [
     pa.field("message", pa.string()),
     pa.field("attempt", pa.int32()),
     pa.field("at", pa.timestamp("us", tz="UTC")),
+    pa.field("resolved_at", pa.timestamp("us", tz="UTC")),  # set by `redrive` when a retry succeeded
 ]
 FAILURES_SCHEMA = pa.schema(FAILURE_FIELDS)
 

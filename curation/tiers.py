@@ -7,7 +7,6 @@ predicate removed (the funnel)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -139,8 +138,7 @@ class TierStep(Step):
                 for f, arr in zip(CROP_FIELDS, crop_boxes(out)):
                     out = out.append_column(f, arr)
                 lake.overwrite(f"tiers/{spec.name}", out)
-                lake.dataset(f"tiers/{spec.name}").update_schema_metadata(
-                    {TIER_KEY: json.dumps({"parent": spec.parent, "spec": self.params.spec})})
+                lake.set_meta(f"tiers/{spec.name}", TIER_KEY, {"parent": spec.parent, "spec": self.params.spec})
         return {"step": self.name, "tiers": funnel, "seconds": round(time.monotonic() - t0, 3)}
 
     @staticmethod

@@ -118,7 +118,8 @@ def failure_rows(rows: list[dict], attempt: int = 1, now: datetime | None = None
             for r in rows for f in r.get("failures") or []]
 
 
-def _quoted(values: list[str]) -> str:
+def quoted(values: list[str]) -> str:
+    """SQL string literals, comma-separated, for an IN list."""
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
@@ -137,6 +138,6 @@ def recover(lake: Lake) -> int:
         orphans = sorted({v for b in lake.scan(table, columns=[column]) for v in b.column(0).to_pylist()
                           if v is not None} - done)
         for i in range(0, len(orphans), 500):
-            lake.delete(table, f"{column} IN ({_quoted(orphans[i:i + 500])})")
+            lake.delete(table, f"{column} IN ({quoted(orphans[i:i + 500])})")
         cleaned += len(orphans)
     return cleaned

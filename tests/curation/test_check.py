@@ -54,7 +54,7 @@ def test_each_broken_invariant_is_named(lake, demo_videos, tmp_path, capsys):
     lake.overwrite("tiers/360p", pa.table({"clip_id": ["not-a-clip"]}))
     from curation.tiers import TIER_KEY
 
-    lake.dataset("tiers/360p").update_schema_metadata({TIER_KEY: '{"parent": "256p"}'})
+    lake.set_meta("tiers/360p", TIER_KEY, {"parent": "256p"})
     assert "tiers are subsets of their parents" in _names(lake)
     assert main(["check", "--lake", lake.root]) == 1
     out = capsys.readouterr().out
