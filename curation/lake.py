@@ -3,6 +3,9 @@ versioned, ACID, append-friendly table that DuckDB queries and the trainer reads
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -19,8 +22,27 @@ from curation.errors import ConfigError  # noqa: E402
 PRODUCERS_KEY = "videocurate.producers"
 
 
+_HELD: dict[str, list] = {}  # lake root → [fd, depth, exclusive] of the lock this process holds
+
+
+def _locked(method):
+    """Run a write method under the lake's exclusive lock (creating or widening a table races otherwise)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.lock():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Lake:
-    """A lake directory. Tables are created on first write; reads of a missing table return None."""
+    """A lake directory. Tables are created on first write; reads of a missing table return None.
+
+    Writers that must see and change several tables as one (a commit of videos with their clips and
+    failures, crash recovery, a global step) hold the lake's exclusive lock (`with lake.lock():`, an
+    flock on LAKE/.lock, so processes on one machine or a shared POSIX filesystem take turns); readers
+    that open several tables take it shared for the moment they pin the versions."""
 
     def __init__(self, root: str | os.PathLike, create: bool = True):
         self.root = os.path.abspath(os.fspath(root))
@@ -28,6 +50,34 @@ class Lake:
             os.makedirs(self.root, exist_ok=True)
         elif not os.path.isdir(self.root):
             raise ConfigError(f"no lake at {self.root} (run a pipeline into it first)")
+
+    @contextlib.contextmanager
+    def lock(self, shared: bool = False) -> Iterator[None]:
+        """Hold the lake's lock (re-entrant within a process; a shared holder cannot take it exclusive)."""
+        held = _HELD.get(self.root)
+        if held is not None:
+            if not shared and not held[2]:
+                raise RuntimeError("the lake's shared lock is held: it cannot be taken exclusive inside it")
+            held[1] += 1
+            try:
+                yield
+            finally:
+                held[1] -= 1
+            return
+        try:
+            fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            if not shared:
+                raise
+            yield  # a read-only lake: nobody writes it, nothing to wait for
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            _HELD[self.root] = [fd, 1, not shared]
+            yield
+        finally:
+            _HELD.pop(self.root, None)
+            os.close(fd)
 
     def path(self, table: str) -> str:
         return os.path.join(self.root, f"{table}.lance")
@@ -54,6 +104,7 @@ class Lake:
         return 0 if ds is None else ds.count_rows(filter=where)
 
     # ---- writes ----------------------------------------------------------------------------------
+    @_locked
     def append(self, table: str, data: pa.Table) -> None:
         """Append rows, creating the table if needed. New columns in `data` are added to the table
         (null for old rows); columns missing from `data` are filled with nulls."""
@@ -81,15 +132,18 @@ class Lake:
                 cols.append(pa.nulls(data.num_rows, f.type))
         return pa.Table.from_arrays(cols, schema=pa.schema([pa.field(f.name, f.type) for f in have]))
 
+    @_locked
     def overwrite(self, table: str, data: pa.Table) -> None:
         os.makedirs(os.path.dirname(self.path(table)), exist_ok=True)
         lance.write_dataset(data, self.path(table), mode="overwrite")
 
+    @_locked
     def delete(self, table: str, where: str) -> None:
         ds = self.dataset(table)
         if ds is not None:
             ds.delete(where)
 
+    @_locked
     def merge_columns(self, table: str, data: pa.Table, on: str) -> None:
         """Set columns of existing rows from `data`, matched on key `on`.
 
@@ -122,6 +176,7 @@ class Lake:
         raw = None if ds is None else (ds.schema.metadata or {}).get(key.encode())
         return json.loads(raw) if raw else None
 
+    @_locked
     def set_meta(self, table: str, key: str, value) -> None:
         ds = self.dataset(table)
         if ds is not None:

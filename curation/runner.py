@@ -49,7 +49,9 @@ class RunSummary:
         out = [f"pipeline {self.pipeline} → {self.lake}",
                f"inputs {self.inputs} (skipped {self.skipped} already in the lake)",
                f"videos ok {v['ok']}, failed {v['failed']}, no clips {v['no_clips']}, "
-               f"duplicate {v['duplicate']}; clips {self.stats.clips}; failure rows {self.stats.failures}"]
+               f"duplicate {v['duplicate']}; clips {self.stats.clips}; failure rows {self.stats.failures}"
+               + (f"; {v['committed by another run']} committed by a concurrent run"
+                  if v["committed by another run"] else "")]
         for k, s in self.steps.items():
             if "skipped" in s:
                 out.append(f"step {k}: skipped ({s['skipped']})")
@@ -245,11 +247,12 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     steps = [b for b in built if isinstance(b, Step)]
 
     files, problems = discover(inputs, extensions, exclude=[lake.root])
-    recover(lake)
-    state = lake_state(lake, retry_failed)
-    todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in state.done]
-    if retry_failed:
-        forget_failed(lake, [f.uri for f in todo])
+    with lake.lock():  # a concurrent run commits under the same lock: recovery never sees its chunk half-written
+        recover(lake)
+        state = lake_state(lake, retry_failed)
+        todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in state.done]
+        if retry_failed:
+            forget_failed(lake, [f.uri for f in todo])
     summary = RunSummary(pipe.name, lake.root, len(files), len(files) - len(todo), WriteStats(),
                          problems=problems)
 
@@ -278,14 +281,16 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     if stale:
         summary.steps["rescore"] = rescore_existing(lake, stale, {f.uri for f in todo}, progress)
     if todo or stale:
-        lake.record_producers("clips", {f.name: _producer(f) for f in fields})
-        lake.set_meta("videos", PIPELINE_KEY, pipe.document())
+        with lake.lock():
+            lake.record_producers("clips", {f.name: _producer(f) for f in fields})
+            lake.set_meta("videos", PIPELINE_KEY, pipe.document())
     for step in steps:
-        if not lake.count(step.table):  # a completed run whose inputs all failed or made no clip
-            summary.steps[step.name] = {"step": step.name, "skipped": f"no rows in '{step.table}' yet: no input "
-                                        "has made a clip"}
-            continue
-        summary.steps[step.name] = step.run(lake)
+        with lake.lock():  # a step reads and rewrites whole tables: never beside another run's commit
+            if not lake.count(step.table):  # a completed run whose inputs all failed or made no clip
+                summary.steps[step.name] = {"step": step.name, "skipped": f"no rows in '{step.table}' yet: no "
+                                            "input has made a clip"}
+                continue
+            summary.steps[step.name] = step.run(lake)
     summary.seconds = time.monotonic() - t0
     return summary
 
@@ -339,7 +344,8 @@ def _merge(lake: Lake, parts: list[pa.Table]) -> int:
     if not parts:
         return 0
     table = pa.concat_tables(parts)
-    lake.merge_columns("clips", table, on="clip_id")
+    with lake.lock():
+        lake.merge_columns("clips", table, on="clip_id")
     return table.num_rows
 
 

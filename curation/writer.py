@@ -75,10 +75,19 @@ class LakeWriter:
     def commit(self) -> None:
         if not self._ready:
             return
+        with self.lake.lock():  # another run may be committing into this lake: take turns, then look again
+            self._commit_locked()
+
+    def _commit_locked(self) -> None:
         now = datetime.now(timezone.utc)
         videos, clips, failures = [], [], []
-        for rows in sorted(self._ready, key=lambda rs: rs[0]["uri"]):  # deterministic duplicate choice
+        ready = sorted(self._ready, key=lambda rs: rs[0]["uri"])  # deterministic duplicate choice
+        done = self._committed_since_start([rs[0] for rs in ready])
+        for rows in ready:
             video = self._video_row(rows[0])
+            if (video["uri"], video["size_bytes"], video["mtime_ns"]) in done:
+                self.stats.videos["committed by another run"] += 1
+                continue
             if video["status"] == "ok" and video["video_id"] in self._known_ids:
                 first = self._known_ids[video["video_id"]]
                 video.update(status="duplicate", n_clips=0, dup_of_uri=first,
@@ -90,6 +99,9 @@ class LakeWriter:
                 clips.extend(r for r in rows if r.get("clip_id") is not None)
             videos.append(video)
             failures.extend(failure_rows(rows, self.attempts.get(video["uri"], 1), now))
+        if not videos:
+            self._ready = []
+            return
         if failures:
             self.lake.append("failures", rows_to_table(failures, FAILURES_SCHEMA))
         if clips:
@@ -102,6 +114,24 @@ class LakeWriter:
         self.stats.commits += 1
         self._ready = []
         self._last_commit = time.monotonic()
+
+    def _committed_since_start(self, rows: list[dict]) -> set[tuple]:
+        """Inputs of this chunk that a concurrent run committed meanwhile (they are dropped here), and the
+        content ids it committed (byte-identical inputs of this chunk become duplicates of those)."""
+        if not self.lake.exists("videos"):
+            return set()
+        uris = sorted({r["uri"] for r in rows})
+        ids = sorted({r["video_id"] for r in rows if r.get("video_id")} - set(self._known_ids))
+        done = set()
+        where = f"uri IN ({quoted(uris)})" + (f" OR (status = 'ok' AND video_id IN ({quoted(ids)}))" if ids else "")
+        for b in self.lake.scan("videos", columns=["uri", "size_bytes", "mtime_ns", "status", "video_id"],
+                                where=where):
+            for uri, size, mtime, status, vid in zip(*(b.column(i).to_pylist() for i in range(5))):
+                if uri in uris:
+                    done.add((uri, size, mtime))
+                if status == "ok" and vid:
+                    self._known_ids.setdefault(vid, uri)
+        return done
 
     @staticmethod
     def _video_row(row: dict) -> dict:
