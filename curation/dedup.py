@@ -8,21 +8,19 @@ Columns written to `clips` (rows with a null embedding are left null):
   dup_of        string  clip_id of the kept clip for duplicates, null for kept clips.
 
 Candidate pairs come from one of two searches; the final decision is always an exact float32 cosine.
-  exact  brute force in NumPy blocks (every new clip × every clip); `auto` picks it up to `exact_max_rows`.
-  index  a bucketed self-join driven by the IVF model of the Lance vector index on the column: every
-         vector is assigned to its `nprobes` nearest centroids (primary bucket = nearest), and per bucket
-         one float32 GEMM compares the vectors whose top-p list holds the bucket against the vectors whose
-         primary bucket it is. A pair (i, j) is found when primary(j) is in top-p(i) or primary(i) in
-         top-p(j); near-copies almost always share a bucket that way (recall in RESULTS_dedup.md).
-         Vectors are held as one float16 copy (n × d × 2 bytes: 1 GB at 1M × 512), candidates are taken
-         at the threshold minus the float16 error bound and re-scored from float32 in a second scan.
-         Incremental runs compare only pairs with a new clip on one side.
+  exact   brute force in NumPy blocks (every new clip × every clip); `auto` picks it up to `exact_max_rows`.
+  bucket  the streamed bucket join of curation.buckets: a seeded two-level k-means model stored in the lake
+          (`dedup_buckets`, reused by incremental runs), each vector assigned to its `nprobes` nearest
+          buckets, rows spilled by bucket range and joined range by range as Ray tasks (in this process
+          when Ray is not running), so memory is bounded by a range, not by the table. Candidates are taken
+          at the threshold minus the float16 error bound; the few whose float16 cosine lies within that
+          bound of the threshold are re-scored from float32. Incremental runs join only pairs with a new
+          clip on one side. (`index`, the former name, is accepted for `bucket`.)
 Groups are the connected components of the duplicate graph (what union-find computes), so running
 incrementally gives the same groups as one run over everything."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,19 +33,19 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from curation.buckets import BucketModel, bucket_join, load_model, sample_fragments, save_model, train_model
 from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.stage import Step, params
-from curation.vectors import TABLE, check_table, quote, spherical_kmeans, unit, vectors
+from curation.vectors import TABLE, check_table, quote, unit, vectors
 
 KEY = "clip_id"
 OUTPUT_COLUMNS = ("dup_group", "is_duplicate", "dup_of")
 # |float16 dot - float32 dot| for unit vectors: each product carries <= 2 * 2**-11 relative error and
 # sum |x_i y_i| <= 1 (Cauchy-Schwarz), so 2**-10 plus float32 accumulation; 2e-3 leaves room to spare.
 FP16_MARGIN = 2e-3
-# An existing index whose centroids are this much coarser than sqrt(n) makes buckets too big for the join
-# (GEMM cost grows as n^2 / buckets); the step then trains its own centroids instead.
-COARSE_FACTOR = 4
+# a stored bucket model is retrained when the table has grown this many times past what it was trained on
+RETRAIN_GROWTH = 4
 
 
 @params
@@ -61,14 +59,17 @@ class DedupParams:
     # area (inside content_box when the borders scorer ran, else width*height).
     # Missing columns are skipped, nulls sort last, clip_id ascending breaks the remaining ties.
     keep_by: tuple[str, ...] = ("resolution desc", "clarity desc", "aesthetic desc")
-    # auto | exact (NumPy brute force) | index (bucketed join over the Lance IVF model's centroids)
-    method: Literal["auto", "exact", "index"] = "auto"
+    # auto | exact (NumPy brute force) | bucket (streamed bucket join; `index` is its former name)
+    method: Literal["auto", "exact", "bucket", "index"] = "auto"
     # auto: brute force when at most this many clips have embeddings (measured crossover, RESULTS_dedup.md)
     exact_max_rows: Annotated[int, Field(ge=0)] = 10_000
-    nprobes: Annotated[int, Field(ge=1)] = 3  # buckets per vector in the join (top-p centroids)
-    # IVF partitions when the step builds the index; None: ~sqrt(n)
-    num_partitions: Annotated[int, Field(ge=1)] | None = None
-    index_type: str = "IVF_FLAT"  # Lance index type built when none exists on the column
+    nprobes: Annotated[int, Field(ge=1)] = 4  # buckets per vector in the join (its nearest fine buckets)
+    bucket_rows: Annotated[int, Field(ge=8)] = 256  # target rows per bucket: n / bucket_rows buckets
+    coarse_probes: Annotated[int, Field(ge=1)] = 12  # coarse cells searched for a vector's nearest buckets
+    range_rows: Annotated[int, Field(ge=1)] = 262_144  # rows a join task holds (float16): its memory bound
+    sample_per_bucket: Annotated[int, Field(ge=1)] = 32  # sample rows per bucket the model trains on
+    max_sample: Annotated[int, Field(ge=1)] = 1_000_000  # at most this many (n x d x 4 bytes of memory)
+    seed: int = 0  # the model's k-means seed: the same seed and data give the same buckets and groups
     query_batch: Annotated[int, Field(ge=1)] = 4096  # rows per brute-force query block / join GEMM side
     block_rows: Annotated[int, Field(ge=1)] = 16384  # rows per streamed block of the table
     full: bool = False  # recompute every clip, ignoring earlier results
@@ -135,17 +136,18 @@ class DedupStep(Step):
         if m == 0:
             summary["seconds"] = round(time.perf_counter() - t0, 3)
             return summary
-        method = p.method if p.method != "auto" else ("exact" if n <= p.exact_max_rows else "index")
+        method = "bucket" if p.method == "index" else p.method
+        method = method if method != "auto" else ("exact" if n <= p.exact_max_rows else "bucket")
         timings = {"read_meta": time.perf_counter() - t0}
         if method == "exact":
             cands = exact_pairs(ds, p, embedding_filter(p.column, ds, only_new=not full), meta["rowid"])
             timings["search"] = time.perf_counter() - t0 - timings["read_meta"]
         else:
             t = time.perf_counter()
-            centroids, source = ivf_centroids(lake, p, n, dim)
-            timings["index"] = time.perf_counter() - t
-            summary.update(buckets=len(centroids), centroids=source, nprobes=p.nprobes)
-            cands = bucket_pairs(ds, p, meta["rowid"], is_new, centroids, timings)
+            model, source = bucket_model(lake, ds, p, n, dim, full)
+            timings["model"] = time.perf_counter() - t
+            summary.update(model=source, nprobes=p.nprobes)
+            cands = bucket_pairs(lake, ds, p, meta["rowid"], model, full, timings, summary)
         t = time.perf_counter()
         a, b, _ = cands.arrays()
         a, b = unique_pairs(a, b, n)  # `pairs` counts unordered pairs, whichever search found them
@@ -233,182 +235,64 @@ def exact_pairs(ds, p: DedupParams, new_filter: str, sorted_rowids: np.ndarray) 
     return out
 
 
-def vector_index(ds, column: str) -> str | None:
-    """Name of a vector index on `column`, if any."""
-    for desc in ds.describe_indices():
-        if list(desc.field_names) == [column] and "IVF" in str(desc.index_type).upper():
-            return desc.name
-    return None
+# ---- the streamed bucket join (method "bucket") -------------------------------------------------------
+def bucket_model(lake: Lake, ds, p: DedupParams, n: int, dim: int, full: bool) -> tuple[BucketModel, str]:
+    """The lake's stored bucket model when it fits (same column and dimension, the table not grown past
+    RETRAIN_GROWTH times what it was trained on), else a new one trained on a sample and stored."""
+    model = None if full else load_model(lake)
+    if (model is not None and model.info.get("column") == p.column and model.fine.shape[1] == dim
+            and model.info.get("seed") == p.seed and n <= RETRAIN_GROWTH * model.info.get("trained_on", 0)):
+        return model, "stored"
+    want = max(1, round(n / p.bucket_rows))
+    sample = sample_fragments(ds, p.column, min(p.max_sample, want * p.sample_per_bucket), p.block_rows)
+    model = train_model(sample, n, p.bucket_rows, p.seed, {"column": p.column, "dim": dim})
+    save_model(lake, model)
+    return model, "trained"
 
 
-def create_index(ds, p: DedupParams, n: int, dim: int) -> None:
-    """A cosine `index_type` index on the column with ~sqrt(n) partitions (or `num_partitions`)."""
-    parts = p.num_partitions or default_partitions(n)
-    kwargs = {"num_sub_vectors": max(1, dim // 8)} if "PQ" in p.index_type.upper() else {}
-    ds.create_index(p.column, p.index_type, num_partitions=parts, metric="cosine", **kwargs)
-
-
-# ---- bucketed join over the IVF model (method "index") ---------------------------------------------
-def default_partitions(n: int) -> int:
-    """~sqrt(n) buckets (at least 32 rows each): the join's GEMM work is ~ nprobes * n^2 * d / buckets
-    while assigning rows to centroids costs n * buckets * d, so sqrt(n)-ish balances the two."""
-    return max(1, min(int(round(math.sqrt(n))), n // 32 or 1))
-
-
-def ivf_centroids(lake: Lake, p: DedupParams, n: int, dim: int) -> tuple[np.ndarray, str]:
-    """Unit centroids of the Lance IVF index on the column (built when missing, as `index_type`), and where
-    they came from. The index need not cover new rows: only its centroids are used, so no
-    optimize_indices here. Falls back to our own spherical k-means on a sample when the index's model
-    cannot be read back or is much coarser than sqrt(n) (an index built when the table was small)."""
-    ds = lake.dataset(TABLE)
-    name = vector_index(ds, p.column)
-    if name is None:
-        create_index(ds, p, n, dim)
-        ds = lake.dataset(TABLE)
-        name = vector_index(ds, p.column)
-    want = p.num_partitions or default_partitions(n)
-    try:
-        raw = ds.centroids(index_name=name) if name else None
-    except (ValueError, RuntimeError, OSError):  # e.g. an index type without an IVF model
-        raw = None
-    if raw is not None and len(raw) and len(raw) * COARSE_FACTOR >= want:
-        return unit(vectors(pa.table({"c": raw}), "c")), "lance-index"
-    return train_centroids(ds, p, want), "kmeans"
-
-
-def train_centroids(ds, p: DedupParams, k: int, per_centroid: int = 64, iterations: int = 10) -> np.ndarray:
-    """Seeded spherical k-means on an evenly strided sample of the streamed vectors."""
-    total = ds.count_rows(filter=f"{quote(p.column)} IS NOT NULL")
-    stride = max(1, total // max(1, k * per_centroid))
-    parts = [unit(vectors(b, p.column))[::stride]
-             for b in ds.to_batches(columns=[p.column], filter=f"{quote(p.column)} IS NOT NULL",
-                                    batch_size=p.block_rows)]
-    sample = np.concatenate(parts)
-    return spherical_kmeans(sample, min(k, len(sample)), iterations, seed=0)
-
-
-def top_buckets(x: np.ndarray, centroids: np.ndarray, probes: int) -> np.ndarray:
-    """(rows, probes) int32 bucket ids of the nearest centroids by cosine, nearest first."""
-    g = x @ centroids.T
-    probes = min(probes, g.shape[1])
-    if probes == g.shape[1]:
-        part = np.broadcast_to(np.arange(probes), g.shape).copy()
-    else:
-        part = np.argpartition(-g, probes - 1, axis=1)[:, :probes]
-    order = np.argsort(-np.take_along_axis(g, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int32)
-
-
-def assign_all(ds, p: DedupParams, sorted_rowids: np.ndarray,
-               centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One streamed scan: the float16 unit vector and the top-p buckets of every clip, by table position.
-    float16 halves the resident copy (1 GB at 1M x 512); the GEMMs still run in float32 per bucket."""
-    n, dim = len(sorted_rowids), centroids.shape[1]
-    x16 = np.empty((n, dim), np.float16)
-    top = np.empty((n, min(p.nprobes, len(centroids))), np.int32)
-    for b in stream(ds, [p.column], f"{quote(p.column)} IS NOT NULL", p.block_rows):
-        x = unit(vectors(b, p.column))
-        pos = positions(b.column("_rowid").to_numpy(), sorted_rowids)
-        x16[pos] = x
-        top[pos] = top_buckets(x, centroids, top.shape[1])
-    return x16, top
-
-
-def members(bucket_of: np.ndarray, rows: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows grouped by bucket as one int array plus offsets: bucket b holds rows[start[b]:start[b+1]]."""
-    order = np.argsort(bucket_of, kind="stable")
-    start = np.zeros(n_buckets + 1, np.int64)
-    np.cumsum(np.bincount(bucket_of, minlength=n_buckets), out=start[1:])
-    return rows[order].astype(np.int64), start
-
-
-def block_pairs(x16: np.ndarray, left: np.ndarray, right: np.ndarray, lo: float, p: DedupParams,
-                out: Candidates) -> None:
-    """Pairs (left row, right row) with float16-approximate cosine >= lo, in query_batch × block_rows
-    float32 GEMMs (bounds the similarity matrix however skewed a bucket is)."""
-    for rs in range(0, len(right), p.block_rows):
-        r_rows = right[rs:rs + p.block_rows]
-        r = x16[r_rows].astype(np.float32)
-        for ls in range(0, len(left), p.query_batch):
-            l_rows = left[ls:ls + p.query_batch]
-            s = x16[l_rows].astype(np.float32) @ r.T
-            out.scored += s.size
-            i, j = np.nonzero(s >= lo)
-            keep = l_rows[i] != r_rows[j]
-            out.add(l_rows[i[keep]], r_rows[j[keep]], s[i[keep], j[keep]])
-
-
-def join_buckets(x16: np.ndarray, top: np.ndarray, is_new: np.ndarray, n_buckets: int, lo: float,
-                 p: DedupParams) -> Candidates:
-    """Per bucket b: Q_b (rows with b in their top-p) against P_b (rows whose primary bucket is b),
-    restricted to pairs with a new clip on at least one side (all clips are new on a full run)."""
-    n = len(top)
-    rows = np.arange(n, dtype=np.int64)
-    p_rows, p_start = members(top[:, 0], rows, n_buckets)
-    q_rows, q_start = members(top.ravel(), np.repeat(rows, top.shape[1]), n_buckets)
-    out = Candidates()
-    for b in range(n_buckets):
-        prim = p_rows[p_start[b]:p_start[b + 1]]
-        query = q_rows[q_start[b]:q_start[b + 1]]
-        if not len(prim) or not len(query):
-            continue
-        q_new, p_new = is_new[query], is_new[prim]
-        # new × all primaries, then old × new primaries: each needed pair once, old × old never
-        if q_new.any():
-            block_pairs(x16, query[q_new], prim, lo, p, out)
-        if p_new.any() and not q_new.all():
-            block_pairs(x16, query[~q_new], prim[p_new], lo, p, out)
-    return out
-
-
-def unique_pairs(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unordered pairs without repeats (a pair is met once per shared bucket and in both directions)."""
+def unique_pairs(a: np.ndarray, b: np.ndarray, n: int, s: np.ndarray | None = None):
+    """Unordered pairs without repeats (a pair is met once per shared bucket and in both directions), with
+    the similarity of their first occurrence when `s` is given."""
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    code = np.unique(lo * n + hi)
-    return code // n, code % n
+    code, first = np.unique(lo * n + hi, return_index=True)
+    return (code // n, code % n) if s is None else (code // n, code % n, s[first])
 
 
-def exact_similarity(ds, p: DedupParams, sorted_rowids: np.ndarray, dim: int, a: np.ndarray,
-                     b: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Exact float32 cosine of pairs of positions: a second sequential scan keeps the float32 unit vectors
-    of just the rows that occur in a pair (a scan reads faster than random takes of scattered rows)."""
-    need = np.unique(np.concatenate([a, b]))
-    slot = np.full(len(sorted_rowids), -1, np.int64)
-    slot[need] = np.arange(len(need))
-    x = np.empty((len(need), dim), np.float32)
-    if len(need):
-        for batch in stream(ds, [p.column], f"{quote(p.column)} IS NOT NULL", p.block_rows):
-            pos = positions(batch.column("_rowid").to_numpy(), sorted_rowids)
-            hit = slot[pos] >= 0
-            if hit.any():
-                x[slot[pos[hit]]] = unit(vectors(batch, p.column)[hit])
-    sim = np.empty(len(a), np.float32)
-    for s in range(0, len(a), chunk):
-        sim[s:s + chunk] = np.einsum("ij,ij->i", x[slot[a[s:s + chunk]]], x[slot[b[s:s + chunk]]])
-    return sim
-
-
-def bucket_pairs(ds, p: DedupParams, sorted_rowids: np.ndarray, is_new: np.ndarray, centroids: np.ndarray,
-                 timings: dict) -> Candidates:
-    """Method `index`: assign, join per bucket at the threshold minus the float16 margin, keep the unique
-    pairs whose exact cosine reaches the threshold."""
+def bucket_pairs(lake: Lake, ds, p: DedupParams, sorted_rowids: np.ndarray, model: BucketModel, full: bool,
+                 timings: dict, summary: dict) -> Candidates:
+    """Method `bucket`: the streamed join at the threshold minus the float16 margin, then the unique pairs;
+    those within the margin of the threshold are re-scored in float32 from the table."""
     t = time.perf_counter()
-    x16, top = assign_all(ds, p, sorted_rowids, centroids)
-    dim = x16.shape[1]
-    timings["assign"] = time.perf_counter() - t
-    t = time.perf_counter()
-    approx = join_buckets(x16, top, is_new, len(centroids), p.threshold - FP16_MARGIN, p)
-    del x16
-    a, b, _ = approx.arrays()
-    a, b = unique_pairs(a, b, len(sorted_rowids))
+    only_new = not full and ds.schema.get_field_index("dup_group") >= 0
+    ra, rb, s16, stats = bucket_join(lake, ds, p.column, model, "dup_group IS NULL" if only_new else None,
+                                     p.threshold - FP16_MARGIN, p.nprobes, p.coarse_probes, p.range_rows,
+                                     p.block_rows, p.query_batch)
     timings["join"] = time.perf_counter() - t
+    summary.update(buckets=stats["buckets"], join=stats)
     t = time.perf_counter()
-    sim = exact_similarity(ds, p, sorted_rowids, dim, a, b)
+    n = len(sorted_rowids)
+    a, b, s = unique_pairs(positions(ra, sorted_rowids), positions(rb, sorted_rowids), n, s16)
+    unsure = np.flatnonzero(s < p.threshold + FP16_MARGIN)
+    if len(unsure):
+        s = s.copy()
+        s[unsure] = exact_similarity(ds, p.column, sorted_rowids, a[unsure], b[unsure])
     timings["rescore"] = time.perf_counter() - t
-    ok = sim >= p.threshold
-    out = Candidates(scored=approx.scored)
-    out.add(a[ok], b[ok], sim[ok])
+    ok = s >= p.threshold
+    out = Candidates(scored=stats["products"])
+    out.add(a[ok], b[ok], s[ok])
     return out
+
+
+def exact_similarity(ds, column: str, sorted_rowids: np.ndarray, a: np.ndarray, b: np.ndarray,
+                     chunk: int = 65536) -> np.ndarray:
+    """Exact float32 cosine of pairs of table positions, from the rows taken by row id."""
+    need = np.unique(np.concatenate([a, b]))
+    x = np.empty((len(need), ds.schema.field(column).type.list_size), np.float32)
+    for s in range(0, len(need), chunk):
+        ids = sorted_rowids[need[s:s + chunk]]
+        x[s:s + chunk] = unit(vectors(ds._take_rows(pa.array(ids, pa.uint64()), columns=[column]), column))
+    ia, ib = np.searchsorted(need, a), np.searchsorted(need, b)
+    return np.einsum("ij,ij->i", x[ia], x[ib]).astype(np.float32)
 
 
 # ---- groups and decisions ---------------------------------------------------------------------------
