@@ -3,7 +3,10 @@ decord cannot open). Frames come out RGB uint8, in display orientation, at the s
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -22,11 +25,19 @@ _IMAGE_CODECS = ("png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpeg2000")
 # Containers whose frame index decord reads correctly (checked frame-exact against PyAV in the tests).
 _DECORD_CONTAINERS = ("mov", "matroska", "avi")
 
+# The largest frame accepted, checked on the size the stream declares before any frame is decoded, and on
+# every decoded frame: 16384 px a side and 2^27 pixels (16384 x 8192; 8K UHD is 2^25), so one RGB frame
+# stays under 400 MB. FFmpeg's own limit (2^28 pixels, a 768 MB RGB frame) lets a 16000 x 16000 header by.
+MAX_SIDE = 16384
+MAX_PIXELS = 1 << 27
+
 
 @dataclass(frozen=True)
 class VideoInfo:
     """What probing a file tells, before any full decode. `width`/`height` are display dimensions
-    (after rotation); `frame_count` is the container's count or an estimate from duration x fps."""
+    (after rotation); `frame_count` is the container's count or an estimate from duration x fps, 0 when
+    unknown (a claim the file cannot hold is dropped: see `notes`). `size_bytes`/`mtime_ns`: the file when
+    probed; a reader refuses the file once either differs (it changed while being read)."""
 
     path: str
     size_bytes: int
@@ -39,6 +50,9 @@ class VideoInfo:
     duration_s: float
     rotation: int  # degrees clockwise applied at display: 0, 90, 180 or 270
     has_audio: bool
+    mtime_ns: int | None = None
+    # (kind, message) for what the probe found wrong but worked around, e.g. a frame count the file cannot hold
+    notes: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,18 +67,101 @@ class VideoInfo:
                    container=row.get("container") or "", codec=row.get("codec") or "",
                    width=int(row["width"]), height=int(row["height"]), fps=float(row["fps"]),
                    frame_count=int(row["frame_count"]), duration_s=float(row.get("duration_s") or 0.0),
-                   rotation=int(row.get("rotation") or 0), has_audio=bool(row.get("has_audio")))
+                   rotation=int(row.get("rotation") or 0), has_audio=bool(row.get("has_audio")),
+                   mtime_ns=row.get("mtime_ns"))
 
 
-def _check_file(path: str) -> int:
-    if not os.path.exists(path):
-        raise VideoError(f"no such file: {path}", kind="not_found")
-    if not os.path.isfile(path):
-        raise VideoError(f"not a regular file: {path}", kind="not_a_file")
-    size = os.path.getsize(path)
-    if size == 0:
+def _real_name(uri: str) -> bytes | None:
+    """The name on disk behind the stand-in uri of a file whose name is not UTF-8 (`curation.inputs.uri_of`
+    writes each undecodable byte as `\\xNN`), when such a file exists."""
+    if "\\x" not in uri:
+        return None
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), uri.encode("utf-8"))
+    return raw if os.path.lexists(raw) else None
+
+
+def os_error(path: str, exc: OSError) -> VideoError:
+    """A typed error for an OSError met on `path`. Kinds: not_found, broken_symlink, symlink_loop,
+    bad_file_name, permission_denied, unreadable."""
+    code = exc.errno
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.islink(path):
+            return VideoError(f"broken symlink (its target {os.readlink(path)!r} does not exist): {path}",
+                              kind="broken_symlink")
+        raw = _real_name(path)
+        if raw is not None:
+            return VideoError(f"the file name is not valid UTF-8 ({os.path.basename(raw)!r}): the lake keeps uris as "
+                              f"UTF-8 text, so the file is listed under a stand-in name with \\x escapes and not "
+                              f"read; rename it (e.g. `convmv -f latin1 -t utf8`): {path}", kind="bad_file_name")
+        return VideoError(f"no such file: {path}", kind="not_found")
+    if code == errno.ELOOP:
+        target = f" ({os.readlink(path)!r} never reaches a file)" if os.path.islink(path) else ""
+        return VideoError(f"symlink loop{target}: {path}", kind="symlink_loop")
+    if code in (errno.EACCES, errno.EPERM):
+        return VideoError(f"permission denied: the user running the pipeline may not read {path}",
+                          kind="permission_denied")
+    return VideoError(f"cannot read ({exc.strerror or exc}): {path}", kind="unreadable")
+
+
+_FILE_TYPES = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def check_file(path: str, since: tuple[int, int] | None = None) -> os.stat_result:
+    """The file's stat (through symlinks), once it is known to be a non-empty regular file this process may
+    open. `since`: the (size_bytes, mtime_ns) it had at discovery, which it must still have. Nothing is
+    opened before its type is known (opening a FIFO would block). Kinds: those of `os_error`, not_a_file,
+    empty_file, changed_during_read."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise os_error(path, exc) from exc
+    if not stat.S_ISREG(st.st_mode):
+        what = _FILE_TYPES.get(stat.S_IFMT(st.st_mode), "of another type")
+        raise VideoError(f"not a regular file ({what}): {path}", kind="not_a_file")
+    if since is not None:
+        _same(path, since, st, "at discovery", "when probed")
+    if st.st_size == 0:
         raise VideoError(f"empty file (0 bytes): {path}", kind="empty_file")
-    return size
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise os_error(path, exc) from exc
+    return st
+
+
+def _same(path: str, before: tuple[int, int], st: os.stat_result, then: str, now: str) -> None:
+    if (st.st_size, st.st_mtime_ns) != tuple(before):
+        raise VideoError(f"the file changed while being read (still being written, or replaced?): {then} "
+                         f"size_bytes={before[0]} mtime_ns={before[1]}, {now} size_bytes={st.st_size} "
+                         f"mtime_ns={st.st_mtime_ns}; the next run reads it again: {path}",
+                         kind="changed_during_read")
+
+
+def check_unchanged(path: str, before: tuple[int, int], then: str = "when probed", now: str = "after reading") -> None:
+    """Raise `changed_during_read` unless the file still has the (size_bytes, mtime_ns) it had `then`."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise VideoError(f"the file went away while being read ({exc.strerror}): {path}",
+                         kind="changed_during_read") from exc
+    _same(path, before, st, then, now)
+
+
+def check_frame_size(width: int, height: int, path: str, what: str = "declared") -> None:
+    """Refuse a frame above MAX_SIDE px a side or MAX_PIXELS pixels (kind too_large)."""
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise VideoError(f"frame size {width}x{height} ({what}) is above the limit of {MAX_SIDE} px a side and "
+                         f"{MAX_PIXELS} pixels (curation.video.MAX_SIDE, MAX_PIXELS); not decoded: {path}",
+                         kind="too_large")
+
+
+def _refused_size(exc: BaseException) -> tuple[int, int] | None:
+    """The frame size FFmpeg itself refused (it logs "Picture size WxH is invalid"), when that is the error."""
+    log = getattr(exc, "log", None)
+    m = re.search(r"Picture size (\d+)x(\d+) is invalid", str(log[2]) if log and len(log) > 2 else "")
+    return (int(m[1]), int(m[2])) if m else None
 
 
 def container_signature(path: str) -> str | None:
@@ -121,6 +218,7 @@ def decoded_frames(container, stream) -> Iterator:
             continue
         bad = 0 if frames else bad
         for frame in frames:
+            check_frame_size(frame.width, frame.height, container.name, "a decoded frame")
             while repeats and (frame.pts is None or repeats[0] < frame.pts):
                 repeats.pop(0)
                 yield None
@@ -134,14 +232,19 @@ def _open_container(path: str):
     av.logging.set_level(av.logging.PANIC)  # errors reach the user as typed exceptions instead
     try:
         return av.open(path, metadata_errors="ignore")
-    except av.error.InvalidDataError as exc:
+    except av.error.FFmpegError as exc:
+        refused = _refused_size(exc)
+        if refused:
+            check_frame_size(*refused, path, "declared; FFmpeg refuses it too")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise os_error(path, PermissionError(exc.errno, exc.strerror)) from exc
+        if not isinstance(exc, av.error.InvalidDataError):
+            raise VideoError(f"cannot open ({exc.strerror or exc}): {path}", kind="unreadable") from exc
         family = container_signature(path)
         if family:
             raise VideoError(f"damaged {family} file, FFmpeg cannot read its index ({exc.strerror or exc}; "
                              f"e.g. a missing moov atom or a cut-off download): {path}", kind="corrupt") from exc
         raise VideoError(f"not a video FFmpeg can read ({exc.strerror or exc}): {path}", kind="not_a_video") from exc
-    except av.error.FFmpegError as exc:
-        raise VideoError(f"cannot open ({exc.strerror or exc}): {path}", kind="unreadable") from exc
 
 
 def _rotation_of(frame) -> int:
@@ -149,12 +252,16 @@ def _rotation_of(frame) -> int:
     return int(round(-float(getattr(frame, "rotation", 0) or 0))) % 360
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Read container metadata and decode the first frame (proving the stream is decodable)."""
+def probe(path: str | os.PathLike, since: tuple[int, int] | None = None) -> VideoInfo:
+    """Read container metadata and decode the first frame (proving the stream is decodable). `since`: the
+    (size_bytes, mtime_ns) the file had at discovery; a file that differs then, or changes while probed,
+    raises `changed_during_read`. A declared frame size above MAX_SIDE/MAX_PIXELS raises `too_large` before
+    any frame is decoded; a frame count (or duration) the file cannot hold is dropped, with a note."""
     import av
 
     path = os.fspath(path)
-    size = _check_file(path)
+    st = check_file(path, since)
+    size = st.st_size
     with _open_container(path) as container:
         if not container.streams.video:
             kind = "audio_only" if container.streams.audio else "no_video_stream"
@@ -164,27 +271,53 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         codec = stream.codec_context.name
         if fmt.split(",")[0] in _IMAGE_FORMATS and codec in _IMAGE_CODECS:
             raise VideoError(f"a still image ({fmt}/{codec}), not a video: {path}", kind="not_a_video")
+        check_frame_size(stream.codec_context.width, stream.codec_context.height, path, "declared by the stream")
         try:
             first = next(container.decode(stream), None)
         except av.error.FFmpegError as exc:
+            refused = _refused_size(exc)
+            if refused:
+                check_frame_size(*refused, path, "of the first frame; FFmpeg refuses it too")
             raise VideoError(f"first frame does not decode ({exc}): {path}", kind="decode_error") from exc
         if first is None:
             raise VideoError(f"video stream has no decodable frame: {path}", kind="decode_error")
+        check_frame_size(first.width, first.height, path, "of the first frame")
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         if not fps or not np.isfinite(fps) or fps > 1000:
             raise VideoError(f"no usable frame rate ({rate}): {path}", kind="unreadable")
         duration = _duration_s(container, stream)
-        frames = int(stream.frames or 0) or int(round(duration * fps))
+        frames, duration, notes = _plausible_length(int(stream.frames or 0), duration, fps, size)
         rotation = _rotation_of(first)
         w, h = first.width, first.height
         if rotation in (90, 270):
             w, h = h, w
-        return VideoInfo(
+        info = VideoInfo(
             path=path, size_bytes=size, container=fmt, codec=codec, width=w, height=h, fps=fps,
             frame_count=frames, duration_s=duration, rotation=rotation,
-            has_audio=bool(container.streams.audio),
+            has_audio=bool(container.streams.audio), mtime_ns=st.st_mtime_ns, notes=notes,
         )
+    check_unchanged(path, (st.st_size, st.st_mtime_ns), "when probing began", "after probing")
+    return info
+
+
+def _plausible_length(frames: int, duration: float, fps: float, size: int) -> tuple[int, float, tuple]:
+    """(frame count, duration, notes) from what the container claims, dropping a claim of more frames than
+    the file has bytes (a frame takes at least one: a 17 kB file that claims 10^9 frames lies). A dropped
+    count leaves 0, unknown, which keeps the file on PyAV (decord sizes its index by that claim); nothing
+    else is sized by it, and the split stage counts the frames that decode."""
+    estimate = int(round(duration * fps)) if 0 < duration < 1e12 else 0
+    bad_count, bad_duration = frames > size, duration >= 1e12 or estimate > size
+    if not (bad_count or bad_duration):
+        return frames or estimate, duration, ()
+    claims = [f"{frames} frames"] if bad_count else []
+    if bad_duration:
+        claims.append(f"{duration:.6g} s ({duration * fps:.6g} frames at {fps:g} fps)")
+    note = (f"the container claims {' and '.join(claims)}, more frames than the file has bytes ({size}): "
+            "ignored, the frames that decode are counted")
+    frames = 0 if bad_count else frames
+    duration = (frames / fps if frames else 0.0) if bad_duration else duration
+    return frames, duration, (("implausible_metadata", note),)
 
 
 def _duration_s(container, stream) -> float:
@@ -244,7 +377,11 @@ class VideoReader:
         # in containers without a frame index (MPEG-TS: 12 frames off in tests): those go through PyAV.
         # An MP4 whose edit list trims frames (e.g. cut with `ffmpeg -ss ... -c copy`) holds more samples
         # than it presents: decord counts them all and pads its tail with copies of the last frame.
-        trusted = self.info.container.split(",")[0] in _DECORD_CONTAINERS and _counts_agree(self.info)
+        # A frame count the probe could not trust (0: unknown) goes through PyAV too: decord sizes its frame
+        # index by the container's claim (a Matroska duration of 10^9 frames ended in std::bad_alloc).
+        info = self.info
+        plausible = 0 < info.frame_count and (not info.size_bytes or info.frame_count <= info.size_bytes)
+        trusted = info.container.split(",")[0] in _DECORD_CONTAINERS and plausible and _counts_agree(info)
         if backend == "decord" or (backend == "auto" and self.info.rotation == 0 and trusted):
             self._decord = self._open_decord(required=backend == "decord")
 
@@ -259,10 +396,21 @@ class VideoReader:
                 raise
             return None
 
+    def _unchanged(self, now: str) -> None:
+        """The file still is the one probed (size and mtime), when the info knows them: a file rewritten,
+        truncated or still growing between probe and decode, or during a decode, raises changed_during_read."""
+        if self.info.mtime_ns is not None and self.info.size_bytes:
+            check_unchanged(self.path, (self.info.size_bytes, self.info.mtime_ns), "when probed", now)
+
     # ---- streaming -------------------------------------------------------------------------------
     def iter_frames(self, size: Size | None = None, chunk: int = 32, bgr: bool = False) -> Iterator[np.ndarray]:
         """Every frame in order, uint8 (H, W, 3) RGB (or BGR for OpenCV code), at `size` (display w, h)
-        or native size."""
+        or native size. The file is checked against its probe before the first frame and after the last."""
+        self._unchanged("before decoding")
+        yield from self._frames(size, chunk, bgr)
+        self._unchanged("after decoding")
+
+    def _frames(self, size: Size | None, chunk: int, bgr: bool) -> Iterator[np.ndarray]:
         done = 0
         if self._decord is not None:
             try:
@@ -313,6 +461,12 @@ class VideoReader:
     # ---- random access ---------------------------------------------------------------------------
     def read(self, indices: Sequence[int], size: Size | None = None) -> np.ndarray:
         """Frames at `indices` (any order, repeats allowed) as (N, H, W, 3) RGB uint8."""
+        self._unchanged("before decoding")
+        out = self._read(indices, size)
+        self._unchanged("after decoding")
+        return out
+
+    def _read(self, indices: Sequence[int], size: Size | None) -> np.ndarray:
         indices = [int(i) for i in indices]
         if not indices:
             w, h = size or (self.info.width, self.info.height)
