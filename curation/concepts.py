@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from curation.buckets import run_tasks
 from curation.lake import Lake
 from curation.stage import Step, params
 from curation.vectors import TABLE, check_table, nearest, quote, spherical_kmeans, unit, vectors
@@ -133,20 +134,42 @@ def draw_sample(ds, p: ConceptParams, n: int) -> np.ndarray:
 
 # ---- assignment and weights ---------------------------------------------------------------------------
 def assign(ds, p: ConceptParams, centroids: np.ndarray, only_new: bool) -> pa.Table:
-    """clip_id, concept, concept_distance for every clip with an embedding, streamed; when `only_new`,
-    clips that already have a concept keep it (read back, not recomputed)."""
+    """clip_id, concept, concept_distance for every clip with an embedding, streamed fragment by fragment
+    (as Ray tasks when Ray is running); when `only_new`, clips that already have a concept keep it (read
+    back, not recomputed)."""
+    import ray
+
     with_emb = f"{quote(p.column)} IS NOT NULL"
-    parts = []
     where = f"{with_emb} AND concept IS NULL" if only_new else with_emb
-    for b in ds.to_batches(columns=[KEY, p.column], filter=where, batch_size=p.block_rows):
-        idx, sim = nearest(unit(vectors(b, p.column)), centroids)
-        parts.append(pa.table({KEY: b.column(0), "concept": pa.array(idx.astype(np.int32)),
-                               "concept_distance": pa.array((1.0 - sim).astype(np.float32))}))
+    frags = [f.fragment_id for f in ds.get_fragments()]
+    groups = [frags[i:i + 4] for i in range(0, len(frags), 4)]
+    remote = ray.is_initialized()
+    ref = ray.put(centroids) if remote else centroids
+    parts = [t for t in run_tasks(assign_fragments, [(ds.uri, ds.version, g, p, ref, where) for g in groups],
+                                  remote) if t.num_rows]
     if only_new:
         old = ds.to_table(columns=[KEY, "concept", "concept_distance"],
                           filter=f"{with_emb} AND concept IS NOT NULL")
         parts.append(old.cast(parts[0].schema) if parts else old)
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts) if parts else pa.table({KEY: pa.array([], pa.string()),
+                                                          "concept": pa.array([], pa.int32()),
+                                                          "concept_distance": pa.array([], pa.float32())})
+
+
+def assign_fragments(uri: str, version: int, fragment_ids: list[int], p: ConceptParams, centroids: np.ndarray,
+                     where: str) -> pa.Table:
+    """The nearest concept of every row of some fragments (a task of `assign`)."""
+    import lance
+
+    ds = lance.dataset(uri, version=version)
+    parts = []
+    for fid in fragment_ids:
+        for b in ds.get_fragment(fid).to_batches(columns=[KEY, p.column], filter=where, batch_size=p.block_rows):
+            idx, sim = nearest(unit(vectors(b, p.column)), centroids)
+            parts.append(pa.table({KEY: b.column(0), "concept": pa.array(idx.astype(np.int32)),
+                                   "concept_distance": pa.array((1.0 - sim).astype(np.float32))}))
+    schema = pa.schema([(KEY, pa.string()), ("concept", pa.int32()), ("concept_distance", pa.float32())])
+    return pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
 
 
 def hash_order(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
