@@ -36,6 +36,7 @@ from curation.vectors import lloyd, spherical_kmeans, unit, vectors
 
 MODEL_TABLE = "dedup_buckets"
 MODEL_KEY = "videocurate.dedup_buckets"
+COARSE_SAMPLE = 65_536  # sample rows the coarse level trains on
 
 
 @dataclass
@@ -77,15 +78,18 @@ class BucketModel:
 
 def train_model(sample: np.ndarray, n_total: int, bucket_rows: int, seed: int, info: dict,
                 iterations: int = 10) -> BucketModel:
-    """Two-level seeded spherical k-means on a sample of unit vectors (see the module docstring)."""
+    """Two-level seeded spherical k-means on a sample of unit vectors (see the module docstring); the sample
+    may be float16 (half the memory: it is the driver's largest allocation), each cell is trained in float32."""
     b_total = max(1, min(len(sample), round(n_total / bucket_rows)))
     k = max(1, min(len(sample), round(math.sqrt(b_total))))
-    coarse = spherical_kmeans(sample, k, iterations, seed=seed)
-    home = np.argmax(sample @ coarse.T, axis=1)
-    fine, cell = [], []
+    stride = max(1, len(sample) // COARSE_SAMPLE)  # ~sqrt(B) coarse cells need far fewer rows than B buckets
+    coarse = spherical_kmeans(sample[::stride].astype(np.float32), k, iterations, seed=seed)
+    home = np.concatenate([np.argmax(sample[s:s + 16384].astype(np.float32) @ coarse.T, axis=1)
+                           for s in range(0, len(sample), 16384)])
+    fine, cell, sizes = [], [], []
     rng = np.random.default_rng(seed)
     for c in range(k):
-        rows = sample[home == c]
+        rows = sample[home == c].astype(np.float32)
         if not len(rows):
             continue
         want = max(1, min(len(rows), round(b_total * len(rows) / len(sample))))
@@ -94,12 +98,9 @@ def train_model(sample: np.ndarray, n_total: int, bucket_rows: int, seed: int, i
         cents = _split_oversized(rows, cents, len(rows) / want, rng, iterations)
         fine.append(cents)
         cell += [c] * len(cents)
-    fine_c = np.concatenate(fine).astype(np.float32)
-    size = np.bincount(np.argmax(sample @ fine_c.T, axis=1), minlength=len(fine_c)) if len(fine_c) < 20000 else \
-        np.bincount(np.concatenate([np.argmax(sample[s:s + 4096] @ fine_c.T, axis=1)
-                                    for s in range(0, len(sample), 4096)]), minlength=len(fine_c))
-    return BucketModel(fine_c, np.asarray(cell, np.int32), coarse.astype(np.float32),
-                       size.astype(np.int64), {**info, "seed": seed, "trained_on": int(n_total)})
+        sizes.append(np.bincount(np.argmax(rows @ cents.T, axis=1), minlength=len(cents)))
+    return BucketModel(np.concatenate(fine).astype(np.float32), np.asarray(cell, np.int32), coarse.astype(np.float32),
+                       np.concatenate(sizes).astype(np.int64), {**info, "seed": seed, "trained_on": int(n_total)})
 
 
 def _split_oversized(rows: np.ndarray, cents: np.ndarray, share: float, rng: np.random.Generator,
@@ -137,31 +138,41 @@ def load_model(lake) -> BucketModel | None:
                        t.column("size").to_numpy().astype(np.int64), info)
 
 
-def sample_fragments(ds, column: str, rows: int, block_rows: int) -> np.ndarray:
+def sample_fragments(ds, column: str, rows: int, block_rows: int, dtype=np.float32) -> np.ndarray:
     """About `rows` unit vectors: the same number from each of up to `rows / 1024` evenly spaced fragments
     (their first rows, read with a limit), so a sample of a huge table reads only what it keeps;
     deterministic for a given table."""
     frags = ds.get_fragments()
     d = ds.schema.field(column).type.list_size
     if not frags or rows <= 0:
-        return np.zeros((0, d), np.float32)
+        return np.zeros((0, d), dtype)
     n_pick = max(1, min(len(frags), rows // 1024))
     pick = [frags[i] for i in np.unique(np.linspace(0, len(frags) - 1, n_pick).round().astype(int))]
     per = -(-rows // len(pick))
-    parts = [unit(vectors(b, column)) for f in pick
+    parts = [unit(vectors(b, column)).astype(dtype) for f in pick
              for b in f.to_batches(columns=[column], filter=f"`{column}` IS NOT NULL", limit=per,
                                    batch_size=block_rows)]
-    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, d), np.float32)
+    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, d), dtype)
 
 
 # ---- ranges ------------------------------------------------------------------------------------------
-def plan_ranges(model: BucketModel, n_total: int, range_rows: int) -> np.ndarray:
-    """Range id of every bucket: runs of whole coarse cells holding about `range_rows` rows each."""
-    per_cell = np.bincount(model.cell, weights=model.size, minlength=len(model.coarse))
-    scale = n_total / max(1, per_cell.sum())
-    cell_range = np.zeros(len(model.coarse), np.int32)
+def plan_ranges(model: BucketModel, probe_sample: np.ndarray, n_total: int, range_rows: int) -> np.ndarray:
+    """Range id of every bucket: runs of whole coarse cells such that about `range_rows` rows are spilled
+    into each. A row is spilled once into every range it probes, so a cell weighs the rows of a probe
+    sample (`probe_sample`: the probed buckets of sample rows) that touch it, scaled to the table."""
+    k = len(model.coarse)
+    top = probe_sample[probe_sample[:, 0] >= 0] if len(probe_sample) else probe_sample
+    if len(top):
+        cells = np.where(top >= 0, model.cell[np.maximum(top, 0)], -1)
+        rows = np.repeat(np.arange(len(top)), top.shape[1])
+        flat = cells.ravel()
+        touch = np.unique(rows[flat >= 0].astype(np.int64) * k + flat[flat >= 0])
+        weight = np.bincount(touch % k, minlength=k) * (n_total / len(top))
+    else:
+        weight = np.bincount(model.cell, weights=model.size, minlength=k) * (n_total / max(1, model.size.sum()))
+    cell_range = np.zeros(k, np.int32)
     r, acc = 0, 0.0
-    for c, w in enumerate(per_cell * scale):
+    for c, w in enumerate(weight):
         if acc and acc + w > range_rows:
             r, acc = r + 1, 0.0
         cell_range[c] = r
@@ -308,7 +319,8 @@ def bucket_join(lake, ds, column: str, model: BucketModel, new_filter: str | Non
 
     remote = ray.is_initialized()
     n = ds.count_rows(filter=f"`{column}` IS NOT NULL")
-    bucket_range = plan_ranges(model, n, range_rows)
+    probe_sample = model.assign(sample_fragments(ds, column, 20_000, block_rows), probes, coarse_probes)
+    bucket_range = plan_ranges(model, probe_sample, n, range_rows)
     spill = os.path.join(lake.root, "_spill", f"dedup-{uuid.uuid4().hex[:12]}")
     spec = JoinSpec(ds.uri, ds.version, column, new_filter, probes, coarse_probes, block_rows, query_batch, lo,
                     spill)

@@ -68,7 +68,7 @@ class DedupParams:
     coarse_probes: Annotated[int, Field(ge=1)] = 12  # coarse cells searched for a vector's nearest buckets
     range_rows: Annotated[int, Field(ge=1)] = 262_144  # rows a join task holds (float16): its memory bound
     sample_per_bucket: Annotated[int, Field(ge=1)] = 32  # sample rows per bucket the model trains on
-    max_sample: Annotated[int, Field(ge=1)] = 1_000_000  # at most this many (n x d x 4 bytes of memory)
+    max_sample: Annotated[int, Field(ge=1)] = 1_000_000  # at most this many (float16: n x d x 2 bytes of memory)
     seed: int = 0  # the model's k-means seed: the same seed and data give the same buckets and groups
     query_batch: Annotated[int, Field(ge=1)] = 4096  # rows per brute-force query block / join GEMM side
     block_rows: Annotated[int, Field(ge=1)] = 16384  # rows per streamed block of the table
@@ -244,7 +244,8 @@ def bucket_model(lake: Lake, ds, p: DedupParams, n: int, dim: int, full: bool) -
             and model.info.get("seed") == p.seed and n <= RETRAIN_GROWTH * model.info.get("trained_on", 0)):
         return model, "stored"
     want = max(1, round(n / p.bucket_rows))
-    sample = sample_fragments(ds, p.column, min(p.max_sample, want * p.sample_per_bucket), p.block_rows)
+    sample = sample_fragments(ds, p.column, min(p.max_sample, want * p.sample_per_bucket), p.block_rows,
+                              np.float16)
     model = train_model(sample, n, p.bucket_rows, p.seed, {"column": p.column, "dim": dim})
     save_model(lake, model)
     return model, "trained"
