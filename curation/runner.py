@@ -97,10 +97,26 @@ def output_fields(stages: list[Stage]) -> list[pa.Field]:
     return fields
 
 
-def _actor_class(stage: Stage) -> type:
+def _actor_class(stage: Stage, ledger=None) -> type:
     """An actor class for a stateful stage: builds the stage's heavy state once, then serves batches.
     The stage travels inside the class (a closure) rather than as constructor arguments, which Ray
-    would park in the object store."""
+    would park in the object store.
+
+    With a `ledger` (see build_plan) each call first records that it started on its batch: a batch
+    whose earlier calls started and never returned `resources.retries + 1` times (each one killed its
+    worker) is dropped instead of run again, so its videos become `worker_lost` rows. Calls that never
+    reached an actor (its node was lost, it was restarting) are not counted."""
+    import hashlib
+
+    import ray
+
+    def key(batch: pa.Table) -> str:
+        h = hashlib.blake2b(stage.name.encode(), digest_size=16)
+        for name in ("uri", "clip_id"):
+            if name in batch.column_names:
+                for v in batch.column(name).to_pylist():
+                    h.update(str(v).encode() + b"\0")
+        return h.hexdigest()
 
     class StageActor:
         def __init__(self):
@@ -108,7 +124,15 @@ def _actor_class(stage: Stage) -> type:
             self.stage.ensure_setup()
 
         def __call__(self, batch: pa.Table) -> pa.Table:
-            return self.stage(batch)
+            if ledger is None:
+                return self.stage(batch)
+            k = key(batch)
+            if ray.get(ledger.start.remote(k)) > stage.resources.retries:
+                return self.stage(batch.slice(0, 0))  # this batch killed its worker every time
+            try:
+                return self.stage(batch)
+            finally:
+                ray.get(ledger.finish.remote(k))
 
         def __del__(self):
             self.stage.teardown()
@@ -128,6 +152,30 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
     # what is free now, not the cluster's total: actors of other work (a caption engine, another job)
     # hold CPUs this plan cannot have
     fit_pools(stages, ray.available_resources().get("CPU", 0))
+    ledger = None
+    if any(s.stateful for s in stages):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        class CrashLedger:
+            """Per batch key: calls that started on it and have not returned (a call that killed its
+            worker never returns)."""
+
+            def __init__(self):
+                self.open: dict[str, int] = {}
+
+            def start(self, key: str) -> int:
+                n = self.open.get(key, 0)
+                self.open[key] = n + 1
+                return n
+
+            def finish(self, key: str) -> None:
+                n = self.open.pop(key, 1) - 1
+                if n > 0:
+                    self.open[key] = n
+
+        # on the driver's node, which the run cannot outlive anyway
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        ledger = ray.remote(CrashLedger).options(num_cpus=0, scheduling_strategy=here).remote()
     ds = ray.data.from_arrow(blocks)
     for s in stages:
         r = s.resources
@@ -136,16 +184,21 @@ def build_plan(stages: list[Stage], blocks: list[pa.Table]):
         if r.num_gpus:
             common["num_gpus"] = r.num_gpus
         if s.stateful:  # an actor pool that grows with the cluster unless the YAML fixes its size
-            fn, retries = _actor_class(s), {"max_restarts": -1, "max_task_retries": r.retries}
+            fn, retries = _actor_class(s, ledger), {"max_restarts": -1, "max_task_retries": -1}
             common["concurrency"] = r.concurrency or (1, _pool_limit(r))
         else:
             fn, retries = functools.partial(_call, s), {"max_retries": r.retries}
             if r.concurrency:
                 common["concurrency"] = r.concurrency
-        # A batch that kills its worker (a decoder segfault) is retried a few times, then its block is
-        # dropped and its videos become `worker_lost` failure rows. Ray Data's default is to retry such
-        # a batch forever, which turns one poisonous file into a hung run. (Ray marks remote args
-        # deprecated for 2.64 but offers no other way to set this: pyproject pins ray below 2.64.)
+        # A batch that kills its worker (a decoder segfault) is re-run `retries` times, then its block
+        # is dropped and its videos become `worker_lost` failure rows; Ray Data's default would retry it
+        # forever and one poisonous file would hang the run. Tasks: Ray counts every failure, and a lost
+        # node costs each of its tasks one. Actors: Ray retries forever and the actor counts (ledger
+        # above), because a lost node leaves its actors unreachable for the seconds before the cluster
+        # declares it dead, and Ray burns a finite max_task_retries on that in a few milliseconds: the
+        # node's in-flight videos were lost as `worker_lost` although the actor came back on another
+        # node. (Ray marks remote args deprecated for 2.64 but offers no other way to set this:
+        # pyproject pins ray below 2.64.)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated.*")
             ds = ds.map_batches(fn, **common, ray_remote_args_fn=lambda retries=retries: retries)
