@@ -119,6 +119,7 @@ def test_thumbnails_are_inside_the_crop_suggestion(tmp_path):
     assert missing[0] is None and missing[1]
 
 
+@pytest.mark.broken_lake  # a bare videos table, no failure rows: not a lake a run would write
 def test_report_of_a_lake_without_clips(tmp_path):
     lake = Lake(tmp_path / "lake")
     lake.append("videos", pa.table({"video_id": ["v"], "uri": ["/x.mp4"], "status": ["failed"]}))
