@@ -4,6 +4,13 @@ same process, interleaved rounds), plus GPU-only bf16 MFU and VAE tiled-decode p
     python benchmarks/bench_training.py [--rounds 5] [--out benchmarks/RESULTS_training.md]
 
 Tokens/s counts video tokens through one forward + backward (batch 1). Prints a markdown table.
+
+    python benchmarks/bench_training.py --loader [--loader-workers 2] [--batches 24]
+
+The data loader's headroom instead: samples/s of the DataLoader (decode + crop + resize in worker
+processes, the training path) against samples/s the training step consumes at the same shapes (VAE
+encode + text encode + DiT forward/backward + AdamW, tiny preset, CPU), and the two together in the real
+loop; prints the ratio (the goal: the loader at least 3x faster than the step consumes).
 """
 
 from __future__ import annotations
@@ -241,6 +248,98 @@ def markdown(rows: list[dict[str, object]], gpu: dict[str, object] | None, comma
     return "\n".join(lines) + "\n"
 
 
+def _loader_world(folder: Path, clips: int):
+    """A lake with a tier of `clips` 40-frame clips cut from synthetic 320x180 H.264 videos."""
+    import pyarrow as pa
+
+    from curation import synth
+    from curation.lake import Lake
+
+    rows = []
+    for v in range((clips + 5) // 6):
+        truth = synth.make_video(folder / f"v{v}.mp4", [synth.Shot(synth.PHOTOS[v % len(synth.PHOTOS)], 240,
+                                                                     pan=(1 + 0.2 * v, 0))], size=(320, 180))
+        rows += [(f"v{v}c{i}", truth.path, 40 * i, 40 * i + 40) for i in range(6)]
+    rows = rows[:clips]
+    lake = Lake(folder / "lake")
+    lake.append("tiers/bench", pa.table({
+        "clip_id": [r[0] for r in rows], "uri": [r[1] for r in rows], "start_frame": [r[2] for r in rows],
+        "end_frame": [r[3] for r in rows], "fps": [24.0] * len(rows),
+        "width": pa.array([320] * len(rows), pa.int32()), "height": pa.array([180] * len(rows), pa.int32())}))
+    return lake
+
+
+def bench_loader(workers: int, batches: int, base_size: int, frames: int, batch: int) -> dict[str, object]:
+    import tempfile
+
+    from training.config import get_preset
+    from training.curriculum import load_vae
+    from training.data import BucketBatchSampler, BucketConfig, TierDataset, make_loader, read_tier
+    from training.flow import FlowMatching
+    from training.text_encoder import build_text_encoder
+    from training.train import MicroBatch, TrainConfig, accumulated_step, build_optimizer
+
+    cfg = BucketConfig(base_size=base_size, frame_counts=(frames,), max_batch=batch, pixel_budget=2**40)
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = _loader_world(Path(tmp), 48)
+        refs = read_tier(lake, "bench", cfg)
+        dataset = TierDataset(refs)
+        preset = get_preset("tiny")
+        text = build_text_encoder("tiny", preset.dit.text_dim)
+        torch.manual_seed(0)
+        dit, vae, flow = VideoDiT(preset.dit), load_vae(preset.vae, "random"), FlowMatching()
+        tcfg = TrainConfig(warmup_steps=1)
+        opt, sched = build_optimizer(dit, tcfg)
+
+        def step(videos: torch.Tensor, prompts: list[str], keys) -> None:
+            with torch.no_grad():
+                latents, cond = vae.to_latents(videos), text.encode(prompts)
+            accumulated_step(dit, flow, opt, sched, [MicroBatch(latents, cond, keys)], tcfg, len(keys))
+
+        def keys_of(b):
+            return [(0, 0, k.epoch, k.batch, k.slot) for k in b["keys"]]
+
+        # 1. the DataLoader alone (workers started and warm: the first 2 batches are not timed)
+        loader = iter(make_loader(dataset, BucketBatchSampler(refs, cfg, seed=0), workers, prefetch_factor=2))
+        first = [next(loader) for _ in range(2)]
+        start = time.perf_counter()
+        n = sum(len(next(loader)["keys"]) for _ in range(batches))
+        loader_sps = n / (time.perf_counter() - start)
+        del loader
+        shape = tuple(first[0]["videos"].shape)
+        # 2. the training step alone on decoded batches
+        step(first[0]["videos"], first[0]["prompts"], keys_of(first[0]))  # warm-up
+        start = time.perf_counter()
+        for i in range(max(4, batches // 3)):
+            b = first[i % 2]
+            step(b["videos"], b["prompts"], keys_of(b))
+        step_sps = max(4, batches // 3) * batch / (time.perf_counter() - start)
+        # 3. the two together: the training loop fed by the DataLoader
+        loader = iter(make_loader(dataset, BucketBatchSampler(refs, cfg, seed=1), workers, prefetch_factor=2))
+        b = next(loader)
+        step(b["videos"], b["prompts"], keys_of(b))
+        start = time.perf_counter()
+        for _ in range(max(4, batches // 3)):
+            b = next(loader)
+            step(b["videos"], b["prompts"], keys_of(b))
+        loop_sps = max(4, batches // 3) * batch / (time.perf_counter() - start)
+        del loader
+    return {"shape": shape, "workers": workers, "loader": loader_sps, "step": step_sps, "loop": loop_sps}
+
+
+def loader_markdown(r: dict[str, object], command: str) -> str:
+    b, _, t, h, w = r["shape"]
+    return "\n".join([
+        f"Command: `{command}`", "",
+        f"Data loader vs training step, tiny preset on CPU ({torch.get_num_threads()} torch threads), batches of "
+        f"{b} x {t} frames x {h}x{w} decoded from 320x180 H.264, {r['workers']} DataLoader decode workers:", "",
+        "| measurement | samples/s |", "| --- | --- |",
+        f"| DataLoader alone (decode + crop + resize in workers) | {r['loader']:.1f} |",
+        f"| training step alone (VAE + text encode, DiT fwd+bwd, AdamW) | {r['step']:.1f} |",
+        f"| training loop fed by the DataLoader | {r['loop']:.1f} |",
+        f"| **headroom: loader / step** | **{r['loader'] / r['step']:.1f}x** |", ""]) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -248,7 +347,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989)")
     ap.add_argument("--gpu-depth", default="2,4", help="dual,single blocks of the 3072-wide DiT for MFU")
+    ap.add_argument("--loader", action="store_true", help="the data loader's headroom over the training step instead")
+    ap.add_argument("--loader-workers", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=24)
+    ap.add_argument("--base-size", type=int, default=64)
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--batch", type=int, default=4)
     args = ap.parse_args()
+    if args.loader:
+        r = bench_loader(args.loader_workers, args.batches, args.base_size, args.frames, args.batch)
+        table = loader_markdown(r, "python " + " ".join(sys.argv))
+        print(table)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write("\n## Data loader headroom\n\n" + table)
+        return
     rows = compare_cpu(args.rounds, args.iters)
     gpu = None
     if torch.cuda.is_available():

@@ -1,13 +1,13 @@
 """The training curriculum: progressive training from curated tiers (HunyuanVideo: images at 256 →
 low-res short video → low-res long → high-res long, images mixed in at every phase). A YAML list of
 phases, each a tier, a number of steps and a bucket configuration, run in order with one DiT, a frozen
-VAE and a frozen text encoder."""
+VAE and a frozen text encoder, plus an optional `train:` section of trainer settings
+(`training.trainer.TrainerConfig`). The run itself — DataLoader, checkpoints, resume, Ray Train — is
+`training.trainer`."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,11 +18,8 @@ from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.pipeline import find_yaml
 from training.config import get_preset
-from training.data import BucketConfig, TierLoader
-from training.dit import VideoDiT
-from training.flow import FlowMatching
-from training.text_encoder import HFTextEncoder, TextEncoderConfig, TinyTextEncoder, minilm_model_path
-from training.train import TrainConfig, build_optimizer, train_step
+from training.data import BucketConfig
+from training.text_encoder import build_text_encoder
 from training.vae import CausalVAE
 
 
@@ -39,6 +36,7 @@ class Phase:
 class Curriculum:
     model: str  # preset name
     phases: list[Phase]
+    train: dict = field(default_factory=dict)  # trainer settings (TrainerConfig fields)
 
 
 def load_curriculum(spec: str = "curriculum") -> Curriculum:
@@ -47,9 +45,9 @@ def load_curriculum(spec: str = "curriculum") -> Curriculum:
         raise ConfigError(f"no training curriculum '{spec}' (a YAML path or a bundled name: curriculum)")
     with open(path) as f:
         doc = yaml.safe_load(f) or {}
-    unknown = sorted(set(doc) - {"model", "phases"})
+    unknown = sorted(set(doc) - {"model", "phases", "train"})
     if unknown:
-        raise ConfigError(f"curriculum {path}: unknown key(s) {unknown}; known: ['model', 'phases']")
+        raise ConfigError(f"curriculum {path}: unknown key(s) {unknown}; known: ['model', 'phases', 'train']")
     phases = []
     for s in doc.get("phases") or []:
         b = dict(s.get("buckets") or {})
@@ -62,7 +60,11 @@ def load_curriculum(spec: str = "curriculum") -> Curriculum:
     if not phases:
         raise ConfigError(f"{path} defines no training phases")
     get_preset(doc.get("model", "tiny"))  # an unknown preset is an error now, not after the first phase
-    return Curriculum(doc.get("model", "tiny"), phases)
+    train = doc.get("train") or {}
+    from training.trainer import trainer_config
+
+    trainer_config(train)  # unknown or bad trainer settings are an error now too
+    return Curriculum(doc.get("model", "tiny"), phases, dict(train))
 
 
 def load_vae(preset_vae, vae: str) -> CausalVAE:
@@ -77,54 +79,26 @@ def load_vae(preset_vae, vae: str) -> CausalVAE:
     return model.eval().requires_grad_(False)
 
 
-def load_text_encoder(name: str, dim: int):
-    if name == "tiny":
-        torch.manual_seed(0)  # a fixed random encoder: prompts map to the same conditions every run
-        return TinyTextEncoder(dim=dim).eval().requires_grad_(False)
-    path = str(minilm_model_path()) if name == "minilm" else name
-    return HFTextEncoder(TextEncoderConfig(path=path))
+def load_text_encoder(name, dim: int):
+    """The frozen text encoder of a setting (see `training.text_encoder.build_text_encoder`)."""
+    return build_text_encoder(name, dim)
 
 
-def train_curriculum(lake: Lake | str, plan: Curriculum, vae: str, out: str, text_encoder: str = "tiny",
-                     max_steps: int | None = None, device: str = "cpu", seed: int = 0,
-                     log: Callable[[str], None] = print) -> dict:
-    """Run every phase in order on one DiT; a checkpoint `<out>/<phase>.pt` after each. A phase whose tier
-    is missing or empty is skipped with the reason. `max_steps` caps each phase (smoke runs)."""
-    lake = lake if isinstance(lake, Lake) else Lake(lake)
-    preset = get_preset(plan.model)
-    text = load_text_encoder(text_encoder, preset.dit.text_dim)
-    dit_cfg = dataclasses.replace(preset.dit, text_dim=text.dim, pooled_dim=text.dim)
-    torch.manual_seed(seed)
-    dit = VideoDiT(dit_cfg).to(device)
-    vae_model = load_vae(preset.vae, vae).to(device)
-    flow = FlowMatching()
-    gen = torch.Generator().manual_seed(seed)
-    os.makedirs(out, exist_ok=True)
-    summary: dict[str, dict] = {}
-    for phase in plan.phases:
-        steps = min(phase.steps, max_steps) if max_steps else phase.steps
-        try:
-            loader = iter(TierLoader(lake, phase.tier, phase.buckets, seed))
-        except (FileNotFoundError, ValueError) as exc:
-            summary[phase.name] = {"skipped": str(exc)}
-            log(f"phase {phase.name}: skipped ({exc})")
-            continue
-        cfg = TrainConfig(lr=phase.lr or TrainConfig.lr, warmup_steps=min(TrainConfig.warmup_steps, steps))
-        opt, sched = build_optimizer(dit, cfg)
-        t0, losses = time.monotonic(), []
-        for step in range(steps):
-            videos, prompts, bucket = next(loader)
-            with torch.no_grad():
-                latents = vae_model.to_latents(videos.to(device))
-                cond = text.encode(prompts)
-            stats = train_step(dit, flow, opt, sched, latents, cond, cfg, gen)
-            losses.append(stats["loss"])
-            if step % 50 == 0 or step == steps - 1:
-                log(f"phase {phase.name} step {step + 1}/{steps} bucket {bucket.frames}x{bucket.height}x"
-                    f"{bucket.width} loss {stats['loss']:.4f}")
-        path = os.path.join(out, f"{phase.name}.pt")
-        torch.save({"phase": phase.name, "model": plan.model, "dit_config": dataclasses.asdict(dit_cfg),
-                    "dit": dit.state_dict()}, path)
-        summary[phase.name] = {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1],
-                               "seconds": round(time.monotonic() - t0, 1), "checkpoint": path}
-    return summary
+def train_curriculum(lake: Lake | str, plan: Curriculum, vae: str, out: str, text_encoder: str | dict | None = None,
+                     max_steps: int | None = None, device: str = "auto", seed: int = 0,
+                     log: Callable[[str], None] = print, config: dict | None = None, resume: bool = False,
+                     workers: int = 1, address: str | None = None, num_cpus: int | None = None,
+                     stop_after: int | None = None) -> dict:
+    """Run every phase in order on one DiT (training.trainer): checkpoints in `<out>/checkpoints/`, each
+    phase's final weights in `<out>/<phase>/`. A phase whose tier is missing or empty is skipped with the
+    reason. `max_steps` caps each phase (smoke runs); `stop_after` ends the run, checkpointed, after that
+    many optimiser steps in all (a later `resume` continues exactly where it stopped). Trainer settings:
+    the plan's `train:` section, then `config`, then `text_encoder`. `resume` continues the run in `out` from
+    its latest checkpoint; more than one worker, or an `address`, runs under Ray Train."""
+    from training.trainer import Job, train, trainer_config
+
+    root = lake.root if isinstance(lake, Lake) else str(lake)
+    cfg = trainer_config(plan.train, config, text_encoder=text_encoder)
+    job = Job(lake=str(root), plan=plan, vae=vae, out=out, config=cfg, seed=seed, device=device,
+              max_steps=max_steps, stop_after=stop_after)
+    return train(job, workers=workers, address=address, num_cpus=num_cpus, resume=resume, log=log)

@@ -1,18 +1,28 @@
 """Training data from curated tiers: the clips of a `tiers/<name>` Lance table grouped into HunyuanVideo's
 duration × aspect buckets (equal-area sizes for one base resolution, frame counts 4n+1, 1 = an image),
 drawn one bucket per step with a per-bucket batch size, weighted by the curation's `sample_weight`, and
-decoded to (B, 3, T, H, W) tensors in [-1, 1] from each clip's crop suggestion."""
+decoded to (B, 3, T, H, W) tensors in [-1, 1] from each clip's crop suggestion.
+
+The pieces are PyTorch's: `BucketBatchSampler` (a `torch.utils.data.Sampler` of batches: one bucket per
+batch, deterministic from seed + epoch + batch index, sharded by rank, resumable from any position),
+`TierDataset` (decodes one clip in `__getitem__`, so DataLoader worker processes decode ahead of the
+training step) and `make_loader` (the `DataLoader`: workers, prefetch, persistent workers, pinned memory).
+`TierLoader` wraps them for a quick look at the batches of a tier."""
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captioner.synth import synthesize
 from curation.lake import Lake
@@ -95,8 +105,13 @@ def read_tier(lake: Lake | str, tier: str, cfg: BucketConfig) -> list[ClipRef]:
                                 f"`videocurate tier --lake {lake.root}` first")
     names = ds.schema.names
     table = ds.to_table(columns=[*TIER_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in names)])
+    rows = table.to_pylist()
+    if "caption" not in names:  # a tier made before its clips were captioned: take the captions from clips
+        captions = _captions_from_clips(lake, [r["clip_id"] for r in rows])
+        for r in rows:
+            r["caption"], r["caption_status"] = captions.get(r["clip_id"], (None, None))
     refs = []
-    for r in table.to_pylist():
+    for r in rows:
         crop = (r.get("crop_x0") or 0, r.get("crop_y0") or 0, r.get("crop_x1") or r["width"],
                 r.get("crop_y1") or r["height"])
         ref = ClipRef(r["clip_id"], r["uri"], r["start_frame"], r["end_frame"], crop,
@@ -105,6 +120,20 @@ def read_tier(lake: Lake | str, tier: str, cfg: BucketConfig) -> list[ClipRef]:
         ref.bucket = assign_bucket(crop[2] - crop[0], crop[3] - crop[1], ref.end - ref.start, cfg)
         refs.append(ref)
     return refs
+
+
+def _captions_from_clips(lake: Lake, clip_ids: list[str], chunk: int = 512) -> dict[str, tuple[str, str]]:
+    """clip_id → (caption, "ok") for the given clips' ok captions in `clips` (none when it has no captions)."""
+    clips = lake.dataset("clips")
+    if clips is None or not {"caption", "caption_status"} <= set(clips.schema.names) or not clip_ids:
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    for i in range(0, len(clip_ids), chunk):
+        ids = ", ".join("'" + c.replace("'", "''") + "'" for c in clip_ids[i:i + chunk])
+        part = clips.to_table(columns=["clip_id", "caption"],
+                              filter=f"caption_status = 'ok' AND clip_id IN ({ids})").to_pylist()
+        found.update({r["clip_id"]: (r["caption"], "ok") for r in part if r["caption"]})
+    return found
 
 
 def fallback_prompt(row: dict) -> str:
@@ -123,13 +152,42 @@ def training_prompt(ref: ClipRef, seed: int) -> str:
     return ref.prompt
 
 
-class BucketSampler:
-    """Endless batches: each step draws one bucket (probability ∝ the summed sample weight of its clips),
-    then `batch_size(bucket)` clips from it ∝ sample_weight, without replacement within a batch."""
+class SampleKey(NamedTuple):
+    """What the batch sampler hands the dataset for one sample: the clip (index into the refs), its bucket,
+    the prompt-synthesis seed, and its place in the data stream — epoch, batch index within the epoch, slot
+    within the batch's global order (all ranks together) and that batch's global size. The trainer keys
+    each sample's noise on (seed, phase, epoch, batch, slot), and resumes at (epoch, batch + 1)."""
 
-    def __init__(self, refs: list[ClipRef], cfg: BucketConfig, seed: int = 0):
-        self.cfg = cfg
-        self.rng = np.random.default_rng(seed)
+    index: int
+    bucket: Bucket
+    prompt_seed: int
+    epoch: int
+    batch: int
+    slot: int
+    size: int
+
+
+class BucketBatchSampler(Sampler):
+    """Batches of same-bucket clips for a DataLoader's `batch_sampler`, yielded as lists of `SampleKey`.
+
+    Each batch draws one bucket (probability ∝ the summed sample weight of its clips), then the batch's
+    clips from it ∝ sample_weight, without replacement within the batch. A batch's global size is the
+    bucket's per-rank batch size (`BucketConfig.pixel_budget` / `max_batch`: what fits one worker) × `world`,
+    at most the bucket's clip count but at least `world` (then drawn with replacement); rank r takes the
+    r-th contiguous share, so every rank reads its own shard of every batch and all ranks train on the same
+    bucket in a step. Batch b of epoch e comes from its own generator seeded by (seed, e, b): the order is
+    deterministic, identical on every rank and for any world size with the same global batch, and a
+    resumed sampler (`set_position`) starts at any batch without replaying the ones before.
+
+    An epoch is as many batches as it takes to draw every clip once on average. `endless=True` (the
+    trainer's) runs on into the next epochs; `endless=False` yields the rest of the current epoch only.
+    """
+
+    def __init__(self, refs: list[ClipRef], cfg: BucketConfig, seed: int = 0, rank: int = 0, world: int = 1,
+                 endless: bool = True):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
+        self.cfg, self.seed, self.rank, self.world, self.endless = cfg, seed, rank, world, endless
         self.groups: dict[Bucket, list[int]] = {}
         for i, r in enumerate(refs):
             if r.weight > 0:
@@ -137,17 +195,86 @@ class BucketSampler:
         if not self.groups:
             raise ValueError("no clip with a positive sample weight in this tier")
         self.buckets = sorted(self.groups, key=lambda b: (b.frames, b.height, b.width))
-        self.weights = [np.array([refs[i].weight for i in self.groups[b]]) for b in self.buckets]
-        mass = np.array([w.sum() for w in self.weights])
+        weights = [np.array([refs[i].weight for i in self.groups[b]], np.float64) for b in self.buckets]
+        self.cdfs = [np.cumsum(w) for w in weights]
+        mass = np.array([w.sum() for w in weights])
         self.bucket_p = mass / mass.sum()
+        self.sizes = [self.global_batch(k) for k in range(len(self.buckets))]
+        self.batches_per_epoch = max(1, math.ceil(sum(len(self.groups[b]) / n
+                                                      for b, n in zip(self.buckets, self.sizes))))
+        self.epoch, self.start = 0, 0
 
-    def __iter__(self) -> Iterator[tuple[Bucket, list[int]]]:
+    def global_batch(self, k: int) -> int:
+        b = self.buckets[k]
+        return max(self.world, min(b.batch_size(self.cfg) * self.world, len(self.groups[b])))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.set_position(epoch, 0)
+
+    def set_position(self, epoch: int, batch: int) -> None:
+        """Start the next iteration at batch `batch` of epoch `epoch` (normalised past an epoch's end)."""
+        epoch += batch // self.batches_per_epoch
+        self.epoch, self.start = epoch, batch % self.batches_per_epoch
+
+    def position_after(self, key: SampleKey) -> tuple[int, int]:
+        """The (epoch, batch) that follows the batch `key` came from: where a resumed run starts."""
+        nxt = key.batch + 1
+        return (key.epoch + 1, 0) if nxt >= self.batches_per_epoch else (key.epoch, nxt)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "batch": self.start, "world": self.world,
+                "batches_per_epoch": self.batches_per_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_position(int(state["epoch"]), int(state["batch"]))
+
+    def draw(self, epoch: int, batch: int) -> tuple[Bucket, list[int]]:
+        """Batch `batch` of epoch `epoch`, all ranks together: its bucket and clip indices in slot order."""
+        rng = np.random.default_rng([self.seed, epoch, batch])
+        k = int(rng.choice(len(self.buckets), p=self.bucket_p))
+        bucket, members, cdf, n = self.buckets[k], self.groups[self.buckets[k]], self.cdfs[k], self.sizes[k]
+        return bucket, [members[i] for i in _weighted_sample(rng, cdf, n)]
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch (the endless sampler runs on past them)."""
+        return self.batches_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        epoch, start = self.epoch, self.start
         while True:
-            k = int(self.rng.choice(len(self.buckets), p=self.bucket_p))
-            b, members, w = self.buckets[k], self.groups[self.buckets[k]], self.weights[k]
-            n = min(b.batch_size(self.cfg), len(members))
-            picked = self.rng.choice(len(members), size=n, replace=False, p=w / w.sum())
-            yield b, [members[i] for i in picked]
+            for b in range(start, self.batches_per_epoch):
+                bucket, members = self.draw(epoch, b)
+                prompt_seed = self.seed * 1_000_003 + epoch * self.batches_per_epoch + b
+                share = np.array_split(np.arange(len(members)), self.world)[self.rank]
+                yield [SampleKey(members[j], bucket, prompt_seed, epoch, b, int(j), len(members)) for j in share]
+            if not self.endless:
+                return
+            epoch, start = epoch + 1, 0
+
+
+def _weighted_sample(rng: np.random.Generator, cdf: np.ndarray, n: int) -> list[int]:
+    """n indices ∝ the weights whose cumulative sum is `cdf`, without replacement when n ≤ len(cdf) (draws
+    with replacement, duplicates rejected: the same law as successive sampling, O(n log m) per batch
+    instead of numpy's O(m) `choice(p=...)`), with replacement beyond."""
+    m, total = len(cdf), float(cdf[-1])
+    if n > m:
+        return np.searchsorted(cdf, rng.random(n) * total, side="right").clip(max=m - 1).tolist()
+    if n == m:
+        return rng.permutation(m).tolist()
+    picked: list[int] = []
+    seen: set[int] = set()
+    for _ in range(64):
+        for i in np.searchsorted(cdf, rng.random(2 * (n - len(picked))) * total, side="right").tolist():
+            i = min(i, m - 1)
+            if i not in seen:
+                seen.add(i)
+                picked.append(i)
+                if len(picked) == n:
+                    return picked
+    weights = np.diff(cdf, prepend=0.0)  # very skewed weights: finish with numpy's exact sampler
+    weights[picked] = 0.0
+    rest = rng.choice(m, size=n - len(picked), replace=False, p=weights / weights.sum())
+    return picked + rest.tolist()
 
 
 def decode_clip(ref: ClipRef, bucket: Bucket, stride: int = 1) -> torch.Tensor:
@@ -179,18 +306,112 @@ def cover_resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return img[top:top + h, left:left + w]
 
 
-class TierLoader:
-    """Batches for training from one tier: yields (videos (B, 3, T, H, W), prompts, bucket)."""
+class TierDataset(Dataset):
+    """Map-style dataset over a tier's clips, indexed by `SampleKey`s from `BucketBatchSampler`: each item
+    is one clip decoded to its bucket's (3, T, H, W) in [-1, 1] with its prompt. Decoding happens here, in
+    the DataLoader's worker processes, not in the training step."""
 
-    def __init__(self, lake: Lake | str, tier: str, cfg: BucketConfig = BucketConfig(), seed: int = 0):
-        self.cfg, self.seed = cfg, seed
+    def __init__(self, refs: list[ClipRef], frame_stride: int = 1):
+        self.refs, self.frame_stride = refs, frame_stride
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, key: SampleKey) -> dict:
+        ref = self.refs[key.index]
+        try:
+            video = decode_clip(ref, key.bucket, self.frame_stride)
+        except Exception as exc:
+            raise RuntimeError(f"training data: clip {ref.clip_id} ({ref.uri}, frames {ref.start}-{ref.end}) "
+                               f"did not decode: {exc}") from exc
+        return {"video": video, "prompt": training_prompt(ref, key.prompt_seed), "key": key}
+
+
+def collate_batch(items: list[dict]) -> dict:
+    """{"videos": (B, 3, T, H, W), "prompts": [B], "bucket": Bucket, "keys": [B SampleKey]}."""
+    keys = [it["key"] for it in items]
+    return {"videos": torch.stack([it["video"] for it in items]), "prompts": [it["prompt"] for it in items],
+            "bucket": keys[0].bucket, "keys": keys}
+
+
+def _worker_init(owner: int, _: int) -> None:
+    torch.set_num_threads(1)  # decode workers: one thread each, the training step keeps the cores
+    cv2.setNumThreads(1)
+    _exit_with(owner)
+
+
+def _exit_with(owner: int) -> None:
+    """End this worker when process `owner` (the one iterating the DataLoader) ends, even by SIGKILL.
+
+    A worker started through the fork server is the server's child: PyTorch's own watchdog sees the server
+    alive, and the server lives as long as its children do, so after a killed trainer both would wait
+    forever. A daemon thread waits on a pidfd of the owner (polls its pid where pidfds are missing)."""
+    import threading
+
+    def watch() -> None:
+        try:
+            import select
+
+            fd = os.pidfd_open(owner)
+            select.select([fd], [], [])
+        except (AttributeError, OSError):
+            while True:
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-trainer", daemon=True).start()
+
+
+def _context(start_method: str):
+    import multiprocessing as mp
+
+    if start_method not in mp.get_all_start_methods():
+        start_method = "spawn"
+    ctx = mp.get_context(start_method)
+    if start_method == "forkserver":
+        # workers fork from a server that has torch and the decoders imported (not Lance: it warns at a fork)
+        ctx.set_forkserver_preload(["torch", "cv2", "curation.video"])
+    return ctx
+
+
+def make_loader(dataset: TierDataset, sampler: BucketBatchSampler, workers: int = 2, prefetch_factor: int = 2,
+                persistent_workers: bool = True, pin_memory: bool = False,
+                start_method: str = "forkserver") -> DataLoader:
+    """The DataLoader over `dataset` in `sampler`'s batches; `workers` decode processes (0: in this one),
+    each `prefetch_factor` batches ahead; `pin_memory` for fast host-to-GPU copies.
+
+    Workers start through a fork server, not by forking this process: Lance and Arrow run thread pools
+    here, and a child forked while one of their threads holds a lock deadlocks (seen: a decode worker
+    forked after `read_tier` hung in a futex with one thread). `start_method="fork"` is faster to start
+    where nothing of that kind has run."""
+    kwargs: dict = {}
+    if workers > 0:
+        kwargs = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+                      worker_init_fn=functools.partial(_worker_init, os.getpid()),
+                      multiprocessing_context=_context(start_method))
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=workers,
+                      pin_memory=pin_memory, **kwargs)
+
+
+class TierLoader:
+    """Batches for training from one tier: yields (videos (B, 3, T, H, W), prompts, bucket), endlessly,
+    through `make_loader` (`workers` decode processes; 0 decodes in this process)."""
+
+    def __init__(self, lake: Lake | str, tier: str, cfg: BucketConfig = BucketConfig(), seed: int = 0,
+                 workers: int = 0):
+        self.cfg, self.seed, self.workers = cfg, seed, workers
         self.refs = read_tier(lake, tier, cfg)
         if not self.refs:
             raise ValueError(f"tier '{tier}' is empty")
-        self.sampler = BucketSampler(self.refs, cfg, seed)
+        self.sampler = BucketBatchSampler(self.refs, cfg, seed)
+        self.dataset = TierDataset(self.refs, cfg.frame_stride)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[str], Bucket]]:
-        for step, (bucket, members) in enumerate(self.sampler):
-            refs = [self.refs[i] for i in members]
-            videos = torch.stack([decode_clip(r, bucket, self.cfg.frame_stride) for r in refs])
-            yield videos, [training_prompt(r, self.seed * 1_000_003 + step) for r in refs], bucket
+        for batch in make_loader(self.dataset, self.sampler, self.workers):
+            yield batch["videos"], batch["prompts"], batch["bucket"]

@@ -70,11 +70,23 @@ class FlowMatching:
         cond: TextCondition,
         generator: torch.Generator | None = None,
         guidance: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> torch.Tensor:
-        """Velocity MSE on data latents ``x1`` [B, C, T, H, W]: || model(x_t, t) - (x1 - x0) ||^2."""
-        x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-        t = self.sample_t(x1.shape[0], generator, x1.device)
+        """Velocity MSE on data latents ``x1`` [B, C, T, H, W]: || model(x_t, t) - (x1 - x0) ||^2.
+
+        Noise ``x0`` and times ``t`` [B] are drawn from ``generator`` unless given (the trainer draws them
+        per sample, so a sample's noise does not depend on how the batch is split). ``reduction="none"``
+        returns one mean squared error per sample [B] (their mean is the "mean" loss).
+        """
+        if x0 is None:
+            x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        if t is None:
+            t = self.sample_t(x1.shape[0], generator, x1.device)
         v = model(self.interpolate(x0, x1, t), t, cond, guidance)
+        if reduction == "none":
+            return (v.float() - (x1 - x0).float()).pow(2).flatten(1).mean(1)
         return F.mse_loss(v.float(), (x1 - x0).float())
 
     @staticmethod

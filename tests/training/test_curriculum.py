@@ -10,9 +10,11 @@ import yaml
 from curation import synth
 from curation.errors import ConfigError
 from curation.lake import Lake
+from training.checkpoint import latest_checkpoint, load_dit
 from training.config import get_preset
 from training.curriculum import load_curriculum, load_vae, train_curriculum
-from training.dit import DiTConfig, VideoDiT
+from training.dit import VideoDiT
+from training.trainer import read_losses
 from training.vae import CausalVAE
 
 
@@ -35,13 +37,37 @@ def test_phases_train_in_order_and_checkpoint(tmp_path):
         {"name": "video", "tier": "low", "steps": 2, "buckets": {"base_size": 32, "frame_counts": [1, 17]}},
         {"name": "later", "tier": "missing", "steps": 2}]}))
     logs: list[str] = []
-    summary = train_curriculum(lake, load_curriculum(str(spec)), "random", str(tmp_path / "ckpt"), log=logs.append)
+    out = tmp_path / "ckpt"
+    config = {"text_encoder": "tiny", "loader_workers": 0, "ema_decay": 0.5}
+    summary = train_curriculum(lake, load_curriculum(str(spec)), "random", str(out), log=logs.append, config=config)
     assert summary["images"]["steps"] == 3 and summary["video"]["steps"] == 2
     assert "no tier 'missing'" in summary["later"]["skipped"]
-    ckpt = torch.load(summary["video"]["checkpoint"], weights_only=False)
-    dit = VideoDiT(DiTConfig(**{**ckpt["dit_config"], "patch_size": tuple(ckpt["dit_config"]["patch_size"])}))
-    dit.load_state_dict(ckpt["dit"])
     assert any("bucket 17x" in line for line in logs)  # the video phase trained on 17-frame clips
+    # each phase's weights: safetensors (raw and EMA) + config; the EMA differs from the raw weights
+    folder = out / "video"
+    assert summary["video"]["checkpoint"] == str(folder)
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "ema.safetensors", "config.json"}
+    raw, ema = load_dit(folder, ema=False), load_dit(folder)
+    assert isinstance(ema, VideoDiT) and not ema.training
+    assert any(not torch.equal(a, b) for a, b in zip(raw.state_dict().values(), ema.state_dict().values()))
+    assert summary["video"]["eval_loss_ema"] > 0 and summary["video"]["eval_loss"] > 0
+    # the run folder: one loss line per step, the last checkpoint at the end of the last phase trained
+    assert [(r["phase"], r["step"]) for r in read_losses(out)] == [("images", 1), ("images", 2), ("images", 3),
+                                                                  ("video", 1), ("video", 2)]
+    assert latest_checkpoint(out).name == "step-00000005"
+    with pytest.raises(ConfigError, match="--resume"):  # never overwrites a run by accident
+        train_curriculum(lake, load_curriculum(str(spec)), "random", str(out), log=logs.append, config=config)
+
+
+def test_curriculum_train_section_is_checked(tmp_path):
+    spec = tmp_path / "c.yaml"
+    spec.write_text(yaml.safe_dump({"model": "tiny", "train": {"grad_acum": 2},
+                                    "phases": [{"name": "a", "tier": "t", "steps": 1}]}))
+    with pytest.raises(ConfigError, match="grad_acum"):
+        load_curriculum(str(spec))
+    spec.write_text(yaml.safe_dump({"model": "tiny", "train": {"grad_accum": 2, "ema_decay": 0.99},
+                                    "phases": [{"name": "a", "tier": "t", "steps": 1}]}))
+    assert load_curriculum(str(spec)).train == {"grad_accum": 2, "ema_decay": 0.99}
 
 
 def test_vae_loads_from_a_state_dict_and_refuses_silence(tmp_path):

