@@ -172,7 +172,7 @@ def test_a_scorer_must_implement_score_or_score_batch():
     ("split.resources.num_cpus=lots", r"stage 'split' resources: parameter 'num_cpus' expects float"),
     ("split.resources.gpus=1", r"stage 'split' resources: no parameter 'gpus' \(known: .*num_gpus"),
     ("dedup.threshold=2", r"step 'dedup': parameter 'threshold' .*less than or equal to 1"),
-    ("dedup.method=knn", r"step 'dedup': parameter 'method' .*'auto', 'exact' or 'index'"),
+    ("dedup.method=knn", r"step 'dedup': parameter 'method' .*'auto', 'exact', 'bucket' or 'index'"),
     ("motion.min_confidence=1.5", r"stage 'motion': parameter 'min_confidence'"),
 ])
 def test_bad_settings_fail_at_load_naming_stage_parameter_and_type(setting, message):
