@@ -6,6 +6,7 @@ the CPU group decoded for it, so decode and CPU scoring never hold a GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -204,7 +205,13 @@ class ScoreGroup(_Group):
     name = "score"
 
     def __init__(self, scorers: Sequence[Scorer], feed: FrameRequest | None = None):
-        super().__init__(scorers, group_resources(scorers, gpu=False))
+        resources = group_resources(scorers, gpu=False)
+        if feed is not None and resources.batch_size is None:
+            # The frames fed to the GPU pool travel in this stage's output, so each call takes a batch of
+            # clips, not a whole video's block: otherwise a long video's clips all sit in one output block
+            # (measured: a 3-minute video's 27 clips, 2.2 GB in one worker; benchmarks/bench_memory.py).
+            resources = dataclasses.replace(resources, batch_size=CLIPS_PER_BATCH)
+        super().__init__(scorers, resources)
         self.feed = feed
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -113,7 +113,10 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device
 
         learned = TransNetDetector(device)
     sharp: list[float] = []
-    thumbs: list[np.ndarray] = []  # 576 bytes a frame, for the flash check
+    # 32x18 int16 thumbnails (1152 bytes a frame) for the flash check, in blocks of THUMB_BLOCK frames: one
+    # small array a frame, kept for the whole video, pins the heap between the decoder's large per-frame
+    # buffers (measured: ~7 KB of RSS a frame, +100 MB per 10 minutes at 24 fps; benchmarks/bench_memory.py)
+    blocks: list[np.ndarray] = []
     gray_frames: list[bool] = []
     found: list[int] = []
     gray_found: list[int] = []
@@ -121,7 +124,9 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device
     for n, bgr in enumerate(frames):
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         sharp.append(float(cv2.Laplacian(gray, cv2.CV_32F).var()))
-        thumbs.append(thumb(gray))
+        if n % THUMB_BLOCK == 0:
+            blocks.append(np.empty((THUMB_BLOCK, *THUMB_SHAPE), np.int16))
+        blocks[-1][n % THUMB_BLOCK] = thumb(gray)
         gray_frames.append(_is_gray(bgr))
         if learned is not None:
             learned.process(bgr)
@@ -135,6 +140,7 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device
             end = FrameTimecode(n, fps)
             for det, gray_only in dets:
                 (gray_found if gray_only else found).extend(c.frame_num for c in det.post_process(end))
+    thumbs = np.concatenate(blocks)[:len(sharp)] if blocks else np.zeros((0, *THUMB_SHAPE), np.int16)
     found += [c for c in gray_found if 0 < c < len(gray_frames) and gray_frames[c] and gray_frames[c - 1]]
     found = [c for c in found if not is_flash(thumbs, c)]
     spans: list[tuple[int, int]] = []
@@ -152,6 +158,10 @@ def _kind(thumbs: Sequence[np.ndarray]) -> str:
     (a dissolve, a wipe, a slide: told apart by nothing this cheap)."""
     levels = [float(t.mean()) for t in thumbs]
     return "fade" if levels and (min(levels) < 24 or max(levels) > 232) else "gradual"
+
+
+THUMB_SHAPE = (18, 32)
+THUMB_BLOCK = 4096  # frames of thumbnails allocated at once (4.7 MB)
 
 
 def thumb(gray: np.ndarray) -> np.ndarray:

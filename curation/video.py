@@ -24,6 +24,7 @@ _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "g
 _IMAGE_CODECS = ("png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpeg2000")
 # Containers whose frame index decord reads correctly (checked frame-exact against PyAV in the tests).
 _DECORD_CONTAINERS = ("mov", "matroska", "avi")
+DECORD_MAX_SECONDS = 300  # longer videos decode with PyAV under backend "auto" (decord's memory grows with them)
 
 # The largest frame accepted, checked on the size the stream declares before any frame is decoded, and on
 # every decoded frame: 16384 px a side and 2^27 pixels (16384 x 8192; 8K UHD is 2^25), so one RGB frame
@@ -362,6 +363,21 @@ def _orient(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(-3, -2)))
 
 
+def _get_batches(vr, indices: list[int], chunk: int = 32) -> np.ndarray:
+    """decord's `get_batch(indices).asnumpy()`, `chunk` frames at a time into one array: in a single call
+    decord's copy and ours of every frame coexist (measured: +350 MB for the 256 frames of a 16-clip batch
+    at 640x360)."""
+    first = vr.get_batch(indices[:chunk]).asnumpy()
+    if len(indices) <= chunk:
+        return first
+    out = np.empty((len(indices), *first.shape[1:]), first.dtype)
+    out[:chunk] = first
+    del first
+    for start in range(chunk, len(indices), chunk):
+        out[start:start + chunk] = vr.get_batch(indices[start:start + chunk]).asnumpy()
+    return out
+
+
 class VideoReader:
     """Decode one file. `iter_frames` streams every frame with bounded memory; `read` fetches a list of
     frame indices. `backend='auto'` uses decord and falls back to PyAV where decord cannot open the
@@ -382,7 +398,12 @@ class VideoReader:
         info = self.info
         plausible = 0 < info.frame_count and (not info.size_bytes or info.frame_count <= info.size_bytes)
         trusted = info.container.split(",")[0] in _DECORD_CONTAINERS and plausible and _counts_agree(info)
-        if backend == "decord" or (backend == "auto" and self.info.rotation == 0 and trusted):
+        # decord decodes ahead into memory it keeps while the reader lives, and that grows with the file:
+        # 128 frames read from 1/10/20-minute 1080p files cost +371/+453/+649 MiB (PyAV: +195 flat), the
+        # split's streaming pass 0.39/0.56/0.80 GiB per worker (benchmarks/bench_memory.py). Beyond
+        # DECORD_MAX_SECONDS "auto" takes PyAV, so a worker's memory does not grow with the input.
+        short = info.frame_count <= DECORD_MAX_SECONDS * max(info.fps, 1.0)
+        if backend == "decord" or (backend == "auto" and self.info.rotation == 0 and trusted and short):
             self._decord = self._open_decord(required=backend == "decord")
 
     def _open_decord(self, required: bool):
@@ -476,7 +497,7 @@ class VideoReader:
                 vr = self._decord_reader(size)
                 n = len(vr)
                 safe = [min(max(i, 0), n - 1) for i in indices]
-                return vr.get_batch(safe).asnumpy()
+                return _get_batches(vr, safe)
             except Exception:
                 if self.backend == "decord":
                     raise
