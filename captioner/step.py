@@ -41,7 +41,7 @@ from curation.lake import Lake
 from curation.query import connect, to_arrow
 from curation.schema import FAILURES_SCHEMA
 from curation.stage import Count, Fraction, NonNegative, Positive, Side, Step, params
-from curation.tiers import crop_boxes, load_specs
+from curation.tiers import crop_boxes, load_specs, predicate
 
 STAGE = "caption"
 COLUMNS = [pa.field("caption", pa.string()), pa.field("caption_status", pa.string()),
@@ -127,7 +127,7 @@ class CaptionStep(Step):
                                       f"{missing}; set params.tier to another tier or null")
                 preds += list(spec.filters.values())
                 spec = specs.get(spec.parent) if spec.parent else None
-        return " and ".join(f"coalesce(({p}), false)" for p in preds)
+        return " and ".join(predicate(p) for p in preds)
 
     def backend(self) -> Captioner:
         p = self.params

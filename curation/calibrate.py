@@ -28,7 +28,7 @@ from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.query import connect, to_arrow
 from curation.schema import ROW_BASE_FIELDS
-from curation.tiers import TierSpec, load_specs
+from curation.tiers import TierSpec, load_specs, predicate
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _CMP = re.compile(rf"^\s*(?P<expr>.+?)\s*(?P<op>>=|<=|>|<)\s*(?P<num>{_NUM})\s*$", re.S)
@@ -108,7 +108,7 @@ class TierCalibration:
 
 def _calibrate_tier(con, spec: TierSpec, source: str, scores: set[str]) -> tuple[TierCalibration, pa.Table]:
     bounds = {k: movable_bounds(k, v, scores) for k, v in spec.filters.items()}
-    fixed = [f"coalesce(({v}), false)" for k, v in spec.filters.items() if not bounds[k]]
+    fixed = [predicate(v) for k, v in spec.filters.items() if not bounds[k]]
     exprs = [b.expr for bs in bounds.values() for b in bs]
     sel = ", ".join([*(f"({e})::double as e{i}" for i, e in enumerate(exprs)),
                      f"({' and '.join(fixed) or 'true'}) as fixed_ok", "clip_id"])

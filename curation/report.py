@@ -23,7 +23,8 @@ from curation.calibrate import movable_bounds, score_columns
 from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.query import connect, to_arrow
-from curation.tiers import TierSpec, crop_boxes, load_specs
+from curation.tiers import TierSpec, crop_boxes, load_specs, predicate
+from curation.writer import quoted
 
 SAMPLES_PER_TIER = 8
 DROPPED_PER_FILTER = 3
@@ -31,10 +32,6 @@ DUP_GROUPS = 4
 CAPTIONS = 6
 THUMB_H = 72
 EXTRA_HISTOGRAMS = ("duration_clip_s", "start_sharpness")  # not a scorer's, but tiers filter on them
-
-
-def _pred(sql: str) -> str:
-    return f"coalesce(({sql}), false)"
 
 
 @dataclass
@@ -50,7 +47,7 @@ class TierView:
 
     @property
     def where(self) -> str:
-        return " and ".join([self.parent_where, *(_pred(p) for p in self.spec.filters.values())])
+        return " and ".join([self.parent_where, *(predicate(p) for p in self.spec.filters.values())])
 
 
 def tier_views(con, specs: list[TierSpec], columns: set[str]) -> list[TierView]:
@@ -63,7 +60,7 @@ def tier_views(con, specs: list[TierSpec], columns: set[str]) -> list[TierView]:
         if missing or (parent and parent.skipped):
             view.skipped = f"needs column(s) {missing}" if missing else f"parent '{s.parent}' was skipped"
             continue
-        preds = [_pred(p) for p in s.filters.values()]
+        preds = [predicate(p) for p in s.filters.values()]
         row = con.execute(f"select count(*), count(*) filter (where {' and '.join(preds)}), "
                           + ", ".join(f"count(*) filter (where not {p})" for p in preds)
                           + f" from clips where {view.parent_where}").fetchall()[0]
@@ -228,8 +225,8 @@ class Report:
         kinds = []
         if self.lake.exists("failures"):
             for k in self.rows("select stage, kind, count(*) as n from failures group by all order by n desc"):
-                ex = self.rows(f"select uri, message from failures where stage = {_lit(k['stage'])} and "
-                               f"kind = {_lit(k['kind'])} order by uri limit 3")
+                ex = self.rows(f"select uri, message from failures where stage = {quoted([k['stage']])} and "
+                               f"kind = {quoted([k['kind']])} order by uri limit 3")
                 kinds.append({**k, "examples": ex})
         tables = [{"name": t, "rows": self.lake.count(t), "version": self.lake.dataset(t).version}
                   for t in self.lake.tables()]
@@ -263,7 +260,7 @@ class Report:
                 dropped = []
                 for fname, pred in v.spec.filters.items():
                     if v.drops.get(fname):
-                        rows = self.rows(f"select {sel} from clips where {v.parent_where} and not {_pred(pred)} "
+                        rows = self.rows(f"select {sel} from clips where {v.parent_where} and not {predicate(pred)} "
                                          f"order by hash(clip_id) limit {DROPPED_PER_FILTER}")
                         dropped.append({"filter": fname, "predicate": pred, "count": v.drops[fname],
                                         "cards": [self.card(r) for r in rows]})
@@ -279,7 +276,7 @@ class Report:
             "select dup_group, count(*) as n from clips where dup_group is not null group by 1 having n > 1 "
             f"order by n desc, dup_group limit {DUP_GROUPS}")]
         return [{"group": g, "cards": [{**self.card(r), "kept": not r["is_duplicate"]} for r in self.rows(
-            f"select {sel} from clips where dup_group = {_lit(g)} order by is_duplicate, clip_id limit 6")]}
+            f"select {sel} from clips where dup_group = {quoted([g])} order by is_duplicate, clip_id limit 6")]}
             for g in groups]
 
     def captions(self) -> dict | None:
@@ -331,10 +328,6 @@ class Report:
                 "tiers": self.tiers(views), "histograms": hist, "duplicates": self.duplicates(),
                 "camera": camera, "camera_chart": bar_chart(camera, "camera motion classes") if camera else None,
                 "captions": self.captions(), "calibration": self.calibration()}
-
-
-def _lit(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
 
 
 def render(context: dict) -> str:

@@ -72,6 +72,11 @@ def load_specs(spec: str) -> list[TierSpec]:
     return specs
 
 
+def predicate(sql: str) -> str:
+    """A tier filter as a SQL condition in which NULL counts as false."""
+    return f"coalesce(({sql}), false)"
+
+
 def _view(name: str) -> str:
     return f'"tier_{name}"'
 
@@ -143,7 +148,7 @@ class TierStep(Step):
 
     @staticmethod
     def _select(con: duckdb.DuckDBPyConnection, spec: TierSpec, source: str) -> tuple[pa.Table, dict[str, int]]:
-        preds = {k: f"coalesce(({v}), false)" for k, v in spec.filters.items()}
+        preds = {k: predicate(v) for k, v in spec.filters.items()}
         try:
             drops = con.execute("select " + ", ".join(f"count(*) filter (where not {p})" for p in preds.values())
                                 + f" from {source}").fetchall()[0]
