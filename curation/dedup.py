@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+import lance
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,7 +34,7 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.buckets import BucketModel, bucket_join, load_model, sample_fragments, save_model, train_model
+from curation.buckets import BucketModel, bucket_join, load_model, run_tasks, sample_fragments, save_model, train_model
 from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.stage import Step, params
@@ -122,47 +123,45 @@ class DedupStep(Step):
         dim = check_table(ds, p.column, self.name)
         stale = self.is_stale(lake)
         full = p.full or stale
-        if not full and ds.count_rows(filter=embedding_filter(p.column, ds, only_new=True)) == 0:
-            # nothing new: answer without reading the table (a rerun must stay cheap and write nothing)
-            return {"step": self.name, "clips": ds.count_rows(filter=f"{quote(p.column)} IS NOT NULL"),
-                    "checked": 0, "method": None, "candidate_pairs": 0, "pairs": 0, "groups": 0,
-                    "duplicates": 0, "rows_written": 0, "seconds": round(time.perf_counter() - t0, 3)}
-        meta = load_meta(ds, p, full)
-        n = len(meta["rowid"])
-        is_new = meta["is_new"]
-        m = int(is_new.sum())
+        first = full or ds.schema.get_field_index("dup_group") < 0  # every row is decided afresh
+        n = ds.count_rows(filter=f"{quote(p.column)} IS NOT NULL")
+        m = n if first else ds.count_rows(filter=embedding_filter(p.column, ds, only_new=True))
         summary = {"step": self.name, "clips": n, "checked": m, "method": None, "candidate_pairs": 0,
                    "pairs": 0, "groups": 0, "duplicates": 0, "rows_written": 0}
-        if m == 0:
+        if m == 0:  # nothing new: a rerun stays cheap and writes nothing
             summary["seconds"] = round(time.perf_counter() - t0, 3)
             return summary
         method = "bucket" if p.method == "index" else p.method
         method = method if method != "auto" else ("exact" if n <= p.exact_max_rows else "bucket")
-        timings = {"read_meta": time.perf_counter() - t0}
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
         if method == "exact":
-            cands = exact_pairs(ds, p, embedding_filter(p.column, ds, only_new=not full), meta["rowid"])
-            timings["search"] = time.perf_counter() - t0 - timings["read_meta"]
+            cands = exact_pairs(ds, p, embedding_filter(p.column, ds, only_new=not first))
+            timings["search"] = time.perf_counter() - t
         else:
-            t = time.perf_counter()
             model, source = bucket_model(lake, ds, p, n, dim, full)
             timings["model"] = time.perf_counter() - t
             summary.update(model=source, nprobes=p.nprobes)
-            cands = bucket_pairs(lake, ds, p, meta["rowid"], model, full, timings, summary)
+            cands = bucket_pairs(lake, ds, p, model, first, timings, summary)
         t = time.perf_counter()
-        a, b, _ = cands.arrays()
-        a, b = unique_pairs(a, b, n)  # `pairs` counts unordered pairs, whichever search found them
-        comp = components(n, a, b, meta["old_label"])
-        table, n_groups, n_dups = decide(meta, comp, p.keep_by)
+        ra, rb, _ = cands.arrays()
+        rows = np.unique(np.concatenate([ra, rb]))  # the rows in a pair: the only ones the driver looks at
+        if not first:
+            rows = np.union1d(rows, old_group_members(ds, rows))
+        a, b = unique_pairs(np.searchsorted(rows, ra), np.searchsorted(rows, rb), len(rows))
+        meta = load_meta(ds, p, rows, with_old=not first)
+        comp = components(len(rows), a, b, meta["old_label"])
+        decided, changed, n_groups, n_dups = decide(meta, comp, p.keep_by)
         timings["group"] = time.perf_counter() - t
         t = time.perf_counter()
-        if table.num_rows:
-            lake.merge_columns(TABLE, table, on=KEY)
-        if table.num_rows or stale:
-            self.record(lake)
+        if first:
+            written = write_all(lake, ds, p, decided)
+        else:
+            written = write_changes(lake, p, decided.filter(pa.array(changed)))
+        self.record(lake)
         timings["write"] = time.perf_counter() - t
         summary.update(method=method, candidate_pairs=cands.scored, pairs=len(a), groups=n_groups,
-                       duplicates=n_dups, rows_written=table.num_rows,
-                       seconds=round(time.perf_counter() - t0, 3),
+                       duplicates=n_dups, rows_written=written, seconds=round(time.perf_counter() - t0, 3),
                        timings={k: round(v, 3) for k, v in timings.items()})
         return summary
 
@@ -186,25 +185,39 @@ def stream(ds, columns: list[str], where: str, batch_size: int) -> Iterator[pa.R
     return ds.to_batches(columns=columns, filter=where, batch_size=batch_size, with_row_id=True)
 
 
-def positions(rowids: np.ndarray, sorted_rowids: np.ndarray) -> np.ndarray:
-    """Table positions (index into the metadata arrays) of Lance row ids."""
-    return np.searchsorted(sorted_rowids, rowids)
+def take(ds, rowids: np.ndarray, columns: list[str], chunk: int = 65536) -> pa.Table:
+    """Rows by Lance row id, in the order given."""
+    parts = [ds._take_rows(pa.array(rowids[s:s + chunk], pa.uint64()), columns=columns)
+             for s in range(0, len(rowids), chunk)]
+    return pa.concat_tables(parts) if parts else ds.schema.empty_table().select(columns)
 
 
 # ---- metadata -----------------------------------------------------------------------------------------
-def load_meta(ds, p: DedupParams, full: bool) -> dict:
-    """Small per-clip columns of every clip with an embedding: row id, clip_id, keep-key columns, the
-    previous dup columns. Sorted by row id so row ids from searches map to positions by bisection."""
+def load_meta(ds, p: DedupParams, rowids: np.ndarray, with_old: bool) -> dict:
+    """Small columns of the rows in play (sorted row ids: the rows of pairs and of the old groups they
+    touch): clip_id, keep-key columns and, on incremental runs, the previous dup columns."""
     names = set(ds.schema.names)
     cols = [KEY] + [c for c in key_columns(p.keep_by) if c in names]
-    cols += [c for c in OUTPUT_COLUMNS if c in names and not full]
-    table = ds.to_table(columns=cols, filter=f"{quote(p.column)} IS NOT NULL", with_row_id=True)
-    order = pc.sort_indices(table, sort_keys=[("_rowid", "ascending")])
-    table = table.take(order)
+    cols += [c for c in OUTPUT_COLUMNS if c in names and with_old]
+    table = take(ds, rowids, list(dict.fromkeys(cols)))
     old = table.column("dup_group") if "dup_group" in table.column_names else pa.nulls(table.num_rows,
                                                                                      pa.string())
-    return {"table": table, "rowid": table.column("_rowid").to_numpy(),
-            "is_new": pc.is_null(old).to_numpy(zero_copy_only=False), "old_label": old}
+    return {"table": table, "rowid": rowids, "is_new": pc.is_null(old).to_numpy(zero_copy_only=False),
+            "old_label": old}
+
+
+def old_group_members(ds, rowids: np.ndarray, batch_rows: int = 262_144) -> np.ndarray:
+    """Row ids of every member of the groups that earlier runs recorded for these rows (a new pair into
+    an old group can change its kept clip), streamed: memory is the touched groups, not the table."""
+    labels = pc.unique(take(ds, rowids, ["dup_group"]).column("dup_group").drop_null())
+    if not len(labels):
+        return np.zeros(0, np.uint64)
+    found = []
+    for batch in ds.to_batches(columns=["dup_group"], filter="dup_group IS NOT NULL", batch_size=batch_rows,
+                               with_row_id=True):
+        hit = pc.is_in(batch.column("dup_group"), value_set=labels)
+        found.append(batch.column("_rowid").filter(hit).to_numpy())
+    return np.concatenate(found).astype(np.uint64)
 
 
 def key_columns(keep_by: tuple[str, ...]) -> list[str]:
@@ -216,67 +229,78 @@ def key_columns(keep_by: tuple[str, ...]) -> list[str]:
 
 
 # ---- candidate pairs -------------------------------------------------------------------------------
-def exact_pairs(ds, p: DedupParams, new_filter: str, sorted_rowids: np.ndarray) -> Candidates:
+def exact_pairs(ds, p: DedupParams, new_filter: str) -> Candidates:
     """Brute force: every new clip against every clip, one (query block × table block) GEMM at a time.
-    Memory is two blocks of vectors plus one block_rows × query_batch similarity matrix."""
+    Memory is two blocks of vectors plus one block_rows × query_batch similarity matrix. Pairs of row ids."""
     out = Candidates()
     all_filter = f"{quote(p.column)} IS NOT NULL"
     for qb in stream(ds, [p.column], new_filter, p.query_batch):
         q = unit(vectors(qb, p.column))
-        qpos = positions(qb.column("_rowid").to_numpy(), sorted_rowids)
+        qid = qb.column("_rowid").to_numpy()
         for db in stream(ds, [p.column], all_filter, p.block_rows):
             x = unit(vectors(db, p.column))
-            dpos = positions(db.column("_rowid").to_numpy(), sorted_rowids)
+            did = db.column("_rowid").to_numpy()
             s = q @ x.T
             out.scored += s.size
             i, j = np.nonzero(s >= p.threshold)
-            keep = qpos[i] != dpos[j]
-            out.add(qpos[i[keep]], dpos[j[keep]], s[i[keep], j[keep]])
+            keep = qid[i] != did[j]
+            out.add(qid[i[keep]], did[j[keep]], s[i[keep], j[keep]])
     return out
 
 
 # ---- the streamed bucket join (method "bucket") -------------------------------------------------------
 def bucket_model(lake: Lake, ds, p: DedupParams, n: int, dim: int, full: bool) -> tuple[BucketModel, str]:
     """The lake's stored bucket model when it fits (same column and dimension, the table not grown past
-    RETRAIN_GROWTH times what it was trained on), else a new one trained on a sample and stored."""
+    RETRAIN_GROWTH times what it was trained on), else a new one trained on a sample (as a Ray task when
+    Ray runs: the sample is the largest allocation, kept off the driver) and stored."""
     model = None if full else load_model(lake)
     if (model is not None and model.info.get("column") == p.column and model.fine.shape[1] == dim
             and model.info.get("seed") == p.seed and n <= RETRAIN_GROWTH * model.info.get("trained_on", 0)):
         return model, "stored"
+    import ray
+
     want = max(1, round(n / p.bucket_rows))
-    sample = sample_fragments(ds, p.column, min(p.max_sample, want * p.sample_per_bucket), p.block_rows,
-                              np.float16)
-    model = train_model(sample, n, p.bucket_rows, p.seed, {"column": p.column, "dim": dim})
+    sample_rows = min(p.max_sample, want * p.sample_per_bucket)
+    [model] = run_tasks(train_task, [(ds.uri, ds.version, p.column, sample_rows, n, p.bucket_rows, p.block_rows,
+                                      p.seed, {"column": p.column, "dim": dim})], ray.is_initialized())
     save_model(lake, model)
     return model, "trained"
 
 
+def train_task(uri: str, version: int, column: str, sample_rows: int, n: int, bucket_rows: int, block_rows: int,
+               seed: int, info: dict) -> BucketModel:
+    import lance
+
+    sample = sample_fragments(lance.dataset(uri, version=version), column, sample_rows, block_rows, np.float16)
+    return train_model(sample, n, bucket_rows, seed, info)
+
+
 def unique_pairs(a: np.ndarray, b: np.ndarray, n: int, s: np.ndarray | None = None):
-    """Unordered pairs without repeats (a pair is met once per shared bucket and in both directions), with
-    the similarity of their first occurrence when `s` is given."""
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    """Unordered pairs of positions < n without repeats (a pair is met once per shared bucket and in both
+    directions), with the similarity of their first occurrence when `s` is given."""
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
     code, first = np.unique(lo * n + hi, return_index=True)
     return (code // n, code % n) if s is None else (code // n, code % n, s[first])
 
 
-def bucket_pairs(lake: Lake, ds, p: DedupParams, sorted_rowids: np.ndarray, model: BucketModel, full: bool,
-                 timings: dict, summary: dict) -> Candidates:
+def bucket_pairs(lake: Lake, ds, p: DedupParams, model: BucketModel, first: bool, timings: dict,
+                 summary: dict) -> Candidates:
     """Method `bucket`: the streamed join at the threshold minus the float16 margin, then the unique pairs;
-    those within the margin of the threshold are re-scored in float32 from the table."""
+    those within the margin of the threshold are re-scored in float32 from the table. Pairs of row ids."""
     t = time.perf_counter()
-    only_new = not full and ds.schema.get_field_index("dup_group") >= 0
-    ra, rb, s16, stats = bucket_join(lake, ds, p.column, model, "dup_group IS NULL" if only_new else None,
+    ra, rb, s16, stats = bucket_join(lake, ds, p.column, model, None if first else "dup_group IS NULL",
                                      p.threshold - FP16_MARGIN, p.nprobes, p.coarse_probes, p.range_rows,
                                      p.block_rows, p.query_batch)
     timings["join"] = time.perf_counter() - t
     summary.update(buckets=stats["buckets"], join=stats)
     t = time.perf_counter()
-    n = len(sorted_rowids)
-    a, b, s = unique_pairs(positions(ra, sorted_rowids), positions(rb, sorted_rowids), n, s16)
+    rows = np.unique(np.concatenate([ra, rb]))
+    a, b, s = unique_pairs(np.searchsorted(rows, ra), np.searchsorted(rows, rb), len(rows), s16)
+    a, b = rows[a], rows[b]
     unsure = np.flatnonzero(s < p.threshold + FP16_MARGIN)
     if len(unsure):
         s = s.copy()
-        s[unsure] = exact_similarity(ds, p.column, sorted_rowids, a[unsure], b[unsure])
+        s[unsure] = exact_similarity(ds, p.column, a[unsure], b[unsure])
     timings["rescore"] = time.perf_counter() - t
     ok = s >= p.threshold
     out = Candidates(scored=stats["products"])
@@ -284,14 +308,10 @@ def bucket_pairs(lake: Lake, ds, p: DedupParams, sorted_rowids: np.ndarray, mode
     return out
 
 
-def exact_similarity(ds, column: str, sorted_rowids: np.ndarray, a: np.ndarray, b: np.ndarray,
-                     chunk: int = 65536) -> np.ndarray:
-    """Exact float32 cosine of pairs of table positions, from the rows taken by row id."""
+def exact_similarity(ds, column: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact float32 cosine of pairs of rows (Lance row ids), from the rows taken by row id."""
     need = np.unique(np.concatenate([a, b]))
-    x = np.empty((len(need), ds.schema.field(column).type.list_size), np.float32)
-    for s in range(0, len(need), chunk):
-        ids = sorted_rowids[need[s:s + chunk]]
-        x[s:s + chunk] = unit(vectors(ds._take_rows(pa.array(ids, pa.uint64()), columns=[column]), column))
+    x = unit(vectors(take(ds, need, [column]), column))
     ia, ib = np.searchsorted(need, a), np.searchsorted(need, b)
     return np.einsum("ij,ij->i", x[ia], x[ib]).astype(np.float32)
 
@@ -312,13 +332,18 @@ def components(n: int, a: np.ndarray, b: np.ndarray, old_label: pa.ChunkedArray 
     return comp
 
 
-def decide(meta: dict, comp: np.ndarray, keep_by: tuple[str, ...]) -> tuple[pa.Table, int, int]:
-    """Elect the kept clip of every component touched by a new clip and return the rows whose values
-    change, plus the number of multi-clip groups and duplicates among the touched components."""
+def decide(meta: dict, comp: np.ndarray, keep_by: tuple[str, ...]) -> tuple[pa.Table, np.ndarray, int, int]:
+    """Elect the kept clip of every component touched by a new clip: the decided rows (with `_rowid`), which
+    of them change, and the number of multi-clip groups and of duplicates among the touched components."""
     table: pa.Table = meta["table"]
-    touched = np.zeros(comp.max() + 1, bool)
+    touched = np.zeros(comp.max() + 1 if len(comp) else 0, bool)
     touched[comp[meta["is_new"]]] = True
     rows = np.flatnonzero(touched[comp])
+    if not len(rows):
+        empty = pa.table({"_rowid": pa.array([], pa.uint64()), KEY: pa.array([], pa.string()),
+                          "dup_group": pa.array([], pa.string()), "is_duplicate": pa.array([], pa.bool_()),
+                          "dup_of": pa.array([], pa.string())})
+        return empty, np.zeros(0, bool), 0, 0
     sub = table.take(pa.array(rows))
     sort_cols, sort_keys = {"comp": pa.array(comp[rows])}, [("comp", "ascending", "at_end")]
     for i, spec in enumerate(keep_by):
@@ -342,8 +367,58 @@ def decide(meta: dict, comp: np.ndarray, keep_by: tuple[str, ...]) -> tuple[pa.T
     sizes = np.bincount(c_sorted)
     n_groups = int((sizes[np.unique(c_sorted)] > 1).sum())
     changed = changed_mask(sub, group, is_dup, dup_of)
-    out = pa.table({KEY: ids, "dup_group": group, "is_duplicate": pa.array(is_dup), "dup_of": dup_of})
-    return out.filter(pa.array(changed)), n_groups, int(is_dup.sum())
+    out = pa.table({"_rowid": pa.array(meta["rowid"][rows], pa.uint64()), KEY: ids, "dup_group": group,
+                    "is_duplicate": pa.array(is_dup), "dup_of": dup_of})
+    return out, changed, n_groups, int(is_dup.sum())
+
+
+# ---- writing ------------------------------------------------------------------------------------------
+def write_all(lake: Lake, ds, p: DedupParams, decided: pa.Table) -> int:
+    """First (or full) run: the dup columns of every row as new column files, computed fragment by fragment
+    from clip_id and row id — the decided rows take their decision, every other row with an embedding is
+    its own group — so no row is rewritten and the driver holds only the decided rows."""
+    rowids = decided.column("_rowid").to_numpy()
+    order = np.argsort(rowids)
+    rowids = rowids[order]
+    group, is_dup, dup_of = (decided.column(c).take(pa.array(order)).combine_chunks() for c in OUTPUT_COLUMNS)
+    is_dup = is_dup.to_numpy(zero_copy_only=False)
+    no_vec = ds.to_table(columns=[KEY], filter=f"{quote(p.column)} IS NULL", with_row_id=True)
+    no_vec = np.sort(no_vec.column("_rowid").to_numpy())
+    schema = pa.schema([("dup_group", pa.string()), ("is_duplicate", pa.bool_()), ("dup_of", pa.string())])
+
+    def member(rid: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.minimum(np.searchsorted(sorted_ids, rid), max(0, len(sorted_ids) - 1))
+        return pos, (sorted_ids[pos] == rid) if len(sorted_ids) else np.zeros(len(rid), bool)
+
+    @lance.batch_udf(output_schema=schema)
+    def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+        rid = batch.column("_rowid").to_numpy()
+        pos, hit = member(rid, rowids)
+        _, empty = member(rid, no_vec)
+        hit_a, pos_a = pa.array(hit), pa.array(pos)
+        ids = batch.column(KEY)
+        g = pc.if_else(hit_a, group.take(pos_a) if len(rowids) else ids, ids)
+        of = pc.if_else(hit_a, dup_of.take(pos_a) if len(rowids) else pa.nulls(len(rid), pa.string()),
+                        pa.scalar(None, pa.string()))
+        dup = pa.array(hit & is_dup[pos] if len(rowids) else np.zeros(len(rid), bool))
+        if empty.any():  # no embedding: left null, not checked
+            null = pa.array(empty)
+            g, dup, of = (pc.if_else(null, pa.scalar(None, v.type), v) for v in (g, dup, of))
+        return pa.record_batch([g, dup, of], schema=schema)
+
+    lake.add_computed_columns(TABLE, fill, read_columns=[KEY, "_rowid"], replace=list(OUTPUT_COLUMNS),
+                              batch_size=p.block_rows * 4)
+    return ds.count_rows() - len(no_vec)
+
+
+def write_changes(lake: Lake, p: DedupParams, changed: pa.Table) -> int:
+    """Incremental run: the decided rows whose values change (merged on clip_id), then every other new row
+    (still null) becomes its own group with one SQL update."""
+    if changed.num_rows:
+        lake.merge_columns(TABLE, changed.drop_columns(["_rowid"]), on=KEY)
+    singles = lake.update(TABLE, {"dup_group": KEY, "is_duplicate": "false", "dup_of": "CAST(NULL AS STRING)"},
+                          where=f"dup_group IS NULL AND {quote(p.column)} IS NOT NULL")
+    return changed.num_rows + singles
 
 
 def key_array(sub: pa.Table, name: str) -> pa.Array | None:

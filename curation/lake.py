@@ -161,6 +161,27 @@ class Lake:
         if old:
             ds.merge_insert(on).when_matched_update_all().execute(data.select([on, *old]))
 
+    @_locked
+    def add_computed_columns(self, table: str, udf, read_columns: list[str], replace: list[str] = (),
+                             batch_size: int | None = None) -> None:
+        """Add columns computed fragment by fragment by a `lance.batch_udf` from `read_columns` (which may
+        name `_rowid`): new column files, no existing row rewritten. Columns in `replace` that exist are
+        dropped first (a metadata-only change)."""
+        ds = self.dataset(table)
+        drop = [c for c in replace if ds.schema.get_field_index(c) >= 0]
+        if drop:
+            ds.drop_columns(drop)
+            ds = self.dataset(table)
+        ds.add_columns(udf, read_columns=read_columns, batch_size=batch_size)
+
+    @_locked
+    def update(self, table: str, values: dict[str, str], where: str) -> int:
+        """Set columns to SQL expressions on the rows matching `where`; the number of rows updated."""
+        ds = self.dataset(table)
+        if ds is None:
+            return 0
+        return int(ds.update(values, where=where)["num_rows_updated"])
+
     def scan(self, table: str, columns: list[str] | None = None, where: str | None = None,
              batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
         """Stream a table in batches (never materialises the whole table)."""

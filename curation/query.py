@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation.lake import Lake
+from curation.sqlrewrite import quote_ident as _quote
+from curation.sqlrewrite import top_k, without_order
 
 try:  # duckdb >= 2.0: Python scan sources that take the filters they can evaluate
     from duckdb._sources import ArrowScanSource
@@ -273,7 +275,8 @@ def to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
 
 
 def query(lake: Lake | str, sql: str) -> pa.Table:
-    rel = connect(lake).sql(sql)
+    con = connect(lake)
+    rel = con.sql(top_k(con, sql))
     if rel is None:  # a statement with no result (e.g. SET)
         return pa.table({})
     return to_arrow(rel)
@@ -400,6 +403,8 @@ def print_query(lake: Lake | str, sql: str, fmt: str = "table", max_rows: int = 
         last = statements[-1]
         text = last.query.strip().rstrip(";").rstrip()
         is_select = last.type.name == "SELECT"
+        if is_select:
+            text = top_k(con, text)  # a top-k reads its wide columns for the k rows only (curation.sqlrewrite)
         if fmt == "table" and last.type.name == "EXPLAIN":  # the plan, drawn as DuckDB draws it
             out.write("".join(f"{value.rstrip()}\n" for _, value in con.execute(text).fetchall()))
         elif fmt == "table":
@@ -457,7 +462,7 @@ def _count_rest(con: duckdb.DuckDBPyConnection, text: str, is_select: bool, seen
             while not done.wait(0.05):  # again until it lands: one sent while the last result closes is lost
                 con.interrupt()
 
-    counted = _without_order(con, text)
+    counted = without_order(con, text)
     stopper = threading.Thread(target=stop_when_over_budget, name="videocurate-sql-count", daemon=True)
     stopper.start()
     try:
@@ -468,21 +473,6 @@ def _count_rest(con: duckdb.DuckDBPyConnection, text: str, is_select: bool, seen
         done.set()
         stopper.join()  # it holds the connection: were it the last holder at interpreter exit, the connection's
         # C++ destructor would run on a daemon thread during finalisation and abort the process
-
-
-def _without_order(con: duckdb.DuckDBPyConnection, text: str) -> str:
-    """The query without a top-level ORDER BY (when it has no LIMIT): DuckDB keeps the sort under a count(*)
-    (select * from clips order by aesthetic: 2.8 s to count 10M rows, 0.02 s without). Through DuckDB's own
-    parser (json_serialize_sql / json_deserialize_sql); the text as given when that fails."""
-    try:
-        ast = json.loads(con.execute("select json_serialize_sql(?)", [text]).fetchone()[0])
-        node = ast["statements"][0]["node"] if not ast.get("error") and len(ast["statements"]) == 1 else {}
-        if [m.get("type") for m in node.get("modifiers", [])] != ["ORDER_MODIFIER"]:
-            return text
-        node["modifiers"] = []
-        return con.execute("select json_deserialize_sql(?::json)", [json.dumps(ast)]).fetchone()[0]
-    except (duckdb.Error, KeyError, IndexError, TypeError, ValueError):
-        return text
 
 
 def _json_expr(ref: str, t: Any) -> str | None:
@@ -497,10 +487,6 @@ def _json_expr(ref: str, t: Any) -> str | None:
     if tid in ("list", "array") and dict(t.children)["child"].id in ("float", "double"):
         return f"list_transform({ref}, lambda x: CASE WHEN isfinite(x) THEN x END)"
     return None
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _print_copy(con: duckdb.DuckDBPyConnection, text: str, is_select: bool, fmt: str, out: IO[str]) -> None:

@@ -305,3 +305,49 @@ def test_bucket_join_runs_as_ray_tasks(ray_local, tmp_path):
 def test_nprobes_must_be_positive():
     with pytest.raises(ConfigError, match="nprobes"):
         DedupStep({"nprobes": 0})
+
+
+@pytest.mark.parametrize("method", ["exact", "bucket"])
+def test_driver_reads_only_rows_in_pairs_and_rewrites_no_row(tmp_path, monkeypatch, method):
+    """Memory flat in N: the metadata the driver loads is that of the rows in a pair (plus, incrementally,
+    the old groups they touch); every other row becomes its own group through column files computed per
+    fragment, so row ids and the embedding's data files stay as they were."""
+    import curation.dedup as dedup
+
+    rng = np.random.default_rng(11)
+    ids, x, truth = planted(rng, 2000, 40)
+    lake = Lake(tmp_path)
+    for s in range(0, len(ids), 700):  # several fragments
+        lake.append("clips", clips_table(ids[s:s + 700], x[s:s + 700]))
+    before = lake.dataset("clips").to_table(columns=["clip_id"], with_row_id=True)
+    files = {f.fragment_id: [d.path for d in f.data_files()] for f in lake.dataset("clips").get_fragments()}
+    loaded = []
+    real = dedup.load_meta
+    monkeypatch.setattr(dedup, "load_meta", lambda ds, p, rowids, with_old: loaded.append(len(rowids))
+                        or real(ds, p, rowids, with_old))
+    DedupStep({"method": method, "threshold": 0.9, "exact_max_rows": 10**6}).run(lake)
+    in_pairs = sum(len(g) for g in truth_groups(ids, truth) if len(g) > 1)
+    assert loaded == [in_pairs] and in_pairs < len(ids) / 10
+    rows = read(lake)
+    assert groups_of(rows) == truth_groups(ids, truth)
+    after = lake.dataset("clips").to_table(columns=["clip_id"], with_row_id=True)
+    assert after.equals(before)  # same rows, same row ids, same order
+    for f in lake.dataset("clips").get_fragments():
+        assert set(files[f.fragment_id]) <= {d.path for d in f.data_files()}  # old files kept, new ones added
+    # incremental: one new copy of a grouped clip loads that pair plus the old group, not the table
+    g0 = next(g for g in truth_groups(ids, truth) if len(g) > 1)
+    src = ids.index(sorted(g0)[0])
+    lake.append("clips", clips_table(["new0", "new1"], np.concatenate([x[src:src + 1],
+                                                                         unit_rows(rng.standard_normal((1, DIM)))])))
+    loaded.clear()
+    summary = DedupStep({"method": method, "threshold": 0.9, "exact_max_rows": 10**6}).run(lake)
+    assert loaded == [len(g0) + 1] and summary["checked"] == 2
+    rows = read(lake)
+    assert rows["new1"]["dup_group"] == "new1" and rows["new1"]["is_duplicate"] is False
+    assert rows["new0"]["dup_group"] == rows[sorted(g0)[0]]["dup_group"]
+    # a changed threshold (a full rerun) that only the exact copy reaches: the other former duplicates are
+    # their own groups again
+    DedupStep({"method": method, "threshold": 0.9999, "exact_max_rows": 10**6}).run(lake)
+    rows = read(lake)
+    assert {g for g in groups_of(rows) if len(g) > 1} == {frozenset({ids[src], "new0"})}
+    assert sum(r["is_duplicate"] for r in rows.values()) == 1

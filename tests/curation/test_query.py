@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import os
 
 import duckdb
@@ -17,6 +18,7 @@ import pytest
 import curation.query as q
 from curation.lake import Lake
 from curation.query import connect, print_query, query, render
+from curation.sqlrewrite import top_k, without_order
 
 NAN, INF = float("nan"), float("inf")
 
@@ -191,9 +193,9 @@ def test_order_by_and_limit_are_respected(lake):
     lines = _out(lake, "select clip_id from big order by score desc, clip_id", max_rows=3).splitlines()
     assert lines[2:] == [*top, "(3 of 200,000 rows shown; --max-rows N for more)"]
     con = connect(lake)  # the count drops a top-level ORDER BY (DuckDB would sort to count), never a LIMIT
-    assert q._without_order(con, "select * from big where score > 0.5 order by score") == \
+    assert without_order(con, "select * from big where score > 0.5 order by score") == \
         "SELECT * FROM big WHERE (score > 0.5)"
-    assert q._without_order(con, sql) == sql and q._without_order(con, "show tables") == "show tables"
+    assert without_order(con, sql) == sql and without_order(con, "show tables") == "show tables"
 
 
 def test_table_format_fetches_a_bounded_number_of_rows(lake, scans, monkeypatch):
@@ -280,3 +282,60 @@ def test_render_of_an_arrow_table_keeps_duplicates_and_hex(lake):
     assert render(t).splitlines() == ["a │ a │ b", "──┼───┼─────", "1 │ 2 │ 0102", "(1 row)"]
     assert render(t, "csv").splitlines() == ["a,a,b", "1,2,0102"]
     assert json.loads(render(t, "json")) == [{"a": 1, "a_1": 2, "b": "0102"}]
+
+
+TOP_K = [
+    "select clip_id, note, score from big order by score desc limit 20",
+    "select * from big where score < 0.5 order by score limit 7 offset 3",
+    "select big.clip_id, big.score from big where clip_id > 'c1' order by big.score asc nulls last limit 5",
+    "select clip_id, tied from ties order by tied desc limit 4",
+    "select clip_id, tied from ties where tied is not null order by tied limit 3",
+    "select clip_id, f from ties order by f desc limit 2",
+    "select clip_id, f from ties order by f limit 7",
+    "select clip_id, i from ties order by i desc limit 3",
+]
+
+
+def test_top_k_reads_wide_columns_for_the_k_rows_only_and_answers_as_duckdb(lake, scans):
+    """A top-k over a lake table first finds the k-th value of the key (reading the key and the filter's
+    columns), then reads the other columns only where the key reaches it: same rows as DuckDB on a native copy
+    (ties, NaN, NULL and offsets included), and the 200-byte `note` strings of 5 rows, not 200,000."""
+    ties = pa.table({"clip_id": [f"t{i}" for i in range(8)],
+                     "tied": pa.array([3.0, 1.0, 3.0, None, 3.0, 2.0, 3.0, 0.5], pa.float32()),
+                     "f": pa.array([NAN, 1.0, NAN, None, 2.0, -1.0, 0.0, 5.0], pa.float64()),
+                     "i": pa.array([5, 5, 7, None, 5, 1, 2, 5], pa.int64())})
+    lake.overwrite("ties", ties)
+    ref = duckdb.connect()
+    big = lake.dataset("big").to_table()
+    ref.register("a_big", big)
+    ref.register("a_ties", ties)
+    ref.execute("create table big as select * from a_big; create table ties as select * from a_ties")
+    con = connect(lake)
+    def keys(rows, i):
+        return ["nan" if isinstance(r[i], float) and math.isnan(r[i]) else r[i] for r in rows]
+
+    for sql in TOP_K:
+        rewritten = top_k(con, sql)
+        assert rewritten != sql, sql
+        got, want = con.sql(rewritten).fetchall(), ref.sql(sql).fetchall()
+        if "ties" in sql:  # tied keys: the same key values in the same order (which tied row is DuckDB's choice)
+            assert keys(got, 1) == keys(want, 1), sql
+        else:  # unique keys: the very same rows
+            assert got == want, sql
+    # NaN sorts above every number in DuckDB: the two NaN rows first, then 5.0
+    assert [r[0] for r in con.sql(top_k(con, TOP_K[5])).fetchall()] == ["t0", "t2"]
+    scans.clear()
+    rows = query(lake, "select clip_id, note, score from big order by score desc limit 5").to_pylist()
+    assert [r["score"] for r in rows] == sorted(big.column("score").to_pylist(), reverse=True)[:5]
+    wide = [s for s in scans if "note" in s["columns"]]
+    assert len(wide) == 1 and wide[0]["rows"] == 5 and wide[0]["where"].startswith("(`score` >=")
+    # not rewritten: aggregates, DISTINCT, joins, expressions as key, no limit, k beyond the cap
+    for sql in ["select count(*) from big order by 1 limit 3", "select distinct score from big order by score limit 3",
+                "select * from big join ties on true order by score limit 2",
+                "select clip_id from big order by score * 2 limit 3", "select * from big order by score",
+                "select clip_id from big order by clip_id limit 3", "select * from big order by score limit 1000000",
+                "select * from big order by score nulls first limit 3"]:
+        assert top_k(con, sql) == sql, sql
+    # fewer rows than k: the query as given
+    assert top_k(con, "select * from ties where i = 7 order by i limit 5") == \
+        "select * from ties where i = 7 order by i limit 5"
