@@ -198,7 +198,9 @@ def main() -> None:
         for q in queries.values():
             con.execute(q).fetchall()
     assert sorted(ours.execute(TIER_SQL).fetchall()) == sorted(pq_con.execute(TIER_SQL).fetchall())
-    assert ours.execute(top_k(ours, TOPK_SQL)).fetchall() == pq_con.execute(TOPK_SQL).fetchall()
+    # the same top-k keys (aesthetic is capped at 10, so which tied rows come back is each engine's choice)
+    assert [r[-1] for r in ours.execute(top_k(ours, TOPK_SQL)).fetchall()] == \
+        [r[-1] for r in pq_con.execute(TOPK_SQL).fetchall()]
 
     rows = []
     for name, q in queries.items():
