@@ -89,3 +89,71 @@ def test_large_structures_that_are_not_text_stay_out():
     for f in (frame, fence, windows):
         out = OCR.score(clip(f))
         assert out["text_area"] == 0 and not out["text_title"], out
+
+
+def _frames_with_and_without_text():
+    """480x270 frames (1080p footage at the detector's size) of every bundled photo: plain, blurred, dark,
+    and with subtitles 2-6 % of the height (sharp, blurred, dark)."""
+    import cv2
+
+    from curation.synth import PHOTOS, draw_text, photo
+
+    small = lambda f: cv2.resize(f, (480, 270), interpolation=cv2.INTER_AREA)  # noqa: E731
+    for name in PHOTOS[::2]:
+        base = cv2.resize(photo(name), (1920, 1080), interpolation=cv2.INTER_AREA)
+        yield small(base)
+        yield small(cv2.GaussianBlur(base, (0, 0), 6))
+        for scale in (0.8, 1.05, 1.5, 2.4):
+            sub = base.copy()
+            draw_text(sub, "The harbour at dawn", scale)
+            yield from (small(sub), small(cv2.GaussianBlur(sub, (0, 0), 4)), small((sub * 0.3).astype("uint8")))
+
+
+def test_the_text_gate_keeps_every_frame_the_detector_reads_text_in():
+    """The gate may only skip frames where the detector finds nothing: on subtitles of every size the
+    detector reads at 480 px (sharp, blurred, dark) the ungated scorer and the gated one agree exactly,
+    and the gate does skip some textless frames (blurred photos: 2 of the 22 textless frames here; it is
+    conservative on purpose)."""
+    from filters.text_gate import text_possible
+
+    plain = OcrScorer(OcrParams(frames=3, gate_contrast=None))
+    plain.ensure_setup()
+    OCR.ensure_setup()
+    found = skipped = 0
+    for frame in _frames_with_and_without_text():
+        want = plain.read_frame(frame)
+        assert OCR.read_frame(frame) == want
+        found += bool(want.boxes)
+        skipped += not text_possible(frame, OCR.params.gate_contrast)
+        assert want.boxes == [] or text_possible(frame, OCR.params.gate_contrast)
+    assert found >= 40 and skipped >= 2, (found, skipped)
+
+
+def test_the_text_gate_says_no_on_smooth_frames_and_yes_on_strokes():
+    import numpy as np
+    import pytest
+
+    from filters.text_gate import text_possible
+
+    flat = np.full((270, 480, 3), 90, np.uint8)
+    ramp = np.repeat(np.linspace(0, 255, 480, dtype=np.uint8)[None, :, None], 270, 0).repeat(3, 2)
+    assert not text_possible(flat, 30) and not text_possible(ramp, 30)
+    word = flat.copy()
+    import cv2
+
+    cv2.putText(word, "ok", (200, 140), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    assert text_possible(word, 30)
+    assert not text_possible(word, 250)  # the strokes' contrast is ~165 grey levels
+    with pytest.raises(ValueError, match="RGB frame"):
+        text_possible(flat[..., 0], 30)
+
+
+def test_gate_contrast_is_checked_and_can_be_turned_off():
+    import pytest
+
+    from curation.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gate_contrast.*<= 255"):
+        OcrScorer({"gate_contrast": 300})
+    off = OcrScorer({"gate_contrast": None})
+    assert off.params.gate_contrast is None and off.provenance()["version"] == "3"
