@@ -10,7 +10,8 @@ Tokens/s counts video tokens through one forward + backward (batch 1). Prints a 
 The data loader's headroom instead: samples/s of the DataLoader (decode + crop + resize in worker
 processes, the training path) against samples/s the training step consumes at the same shapes (VAE
 encode + text encode + DiT forward/backward + AdamW, tiny preset, CPU), and the two together in the real
-loop; prints the ratio (the goal: the loader at least 3x faster than the step consumes).
+loop; then the same from the tier's latent cache (`videocurate encode`, timed too: Lance reads, no VAE in
+the step); prints the ratios (the goal: the loader at least 3x faster than the step consumes).
 """
 
 from __future__ import annotations
@@ -270,20 +271,25 @@ def _loader_world(folder: Path, clips: int):
 
 
 def bench_loader(workers: int, batches: int, base_size: int, frames: int, batch: int) -> dict[str, object]:
+    """Samples/s of the DataLoader, of the training step alone and of the two together, once with clips
+    decoded from video (VAE encode in the step) and once from the tier's latent cache (`videocurate encode`,
+    written here first and timed), at the same bucket shape."""
     import tempfile
 
     from training.config import get_preset
     from training.curriculum import load_vae
     from training.data import BucketBatchSampler, BucketConfig, TierDataset, make_loader, read_tier
+    from training.encode import encode_tier
     from training.flow import FlowMatching
+    from training.latents import batch_posterior, draw_latents, phase_dataset
     from training.text_encoder import build_text_encoder
     from training.train import MicroBatch, TrainConfig, accumulated_step, build_optimizer
 
     cfg = BucketConfig(base_size=base_size, frame_counts=(frames,), max_batch=batch, pixel_budget=2**40)
+    rounds = max(4, batches // 3)
     with tempfile.TemporaryDirectory() as tmp:
         lake = _loader_world(Path(tmp), 48)
         refs = read_tier(lake, "bench", cfg)
-        dataset = TierDataset(refs)
         preset = get_preset("tiny")
         text = build_text_encoder("tiny", preset.dit.text_dim)
         torch.manual_seed(0)
@@ -291,53 +297,68 @@ def bench_loader(workers: int, batches: int, base_size: int, frames: int, batch:
         tcfg = TrainConfig(warmup_steps=1)
         opt, sched = build_optimizer(dit, tcfg)
 
-        def step(videos: torch.Tensor, prompts: list[str], keys) -> None:
+        def step(b: dict) -> None:  # the trainer's step: latents (cached, or VAE-encoded videos), text, DiT
             with torch.no_grad():
-                latents, cond = vae.to_latents(videos), text.encode(prompts)
+                mean, _ = batch_posterior(vae, b, torch.device("cpu"), need_std=False)
+                latents, cond = draw_latents(mean, None, None, vae.config.scaling_factor), text.encode(b["prompts"])
+            keys = [(0, 0, k.epoch, k.batch, k.slot) for k in b["keys"]]
             accumulated_step(dit, flow, opt, sched, [MicroBatch(latents, cond, keys)], tcfg, len(keys))
 
-        def keys_of(b):
-            return [(0, 0, k.epoch, k.batch, k.slot) for k in b["keys"]]
+        def measure(data) -> dict[str, float]:
+            # 1. the DataLoader alone (workers started and warm: the first 2 batches are not timed)
+            loader = iter(make_loader(data, BucketBatchSampler(refs, cfg, seed=0), workers, prefetch_factor=2))
+            first = [next(loader) for _ in range(2)]
+            start = time.perf_counter()
+            n = sum(len(next(loader)["keys"]) for _ in range(batches))
+            loader_sps = n / (time.perf_counter() - start)
+            del loader
+            # 2. the training step alone on those batches
+            step(first[0])  # warm-up
+            start = time.perf_counter()
+            for i in range(rounds):
+                step(first[i % 2])
+            step_sps = rounds * batch / (time.perf_counter() - start)
+            # 3. the two together: the training loop fed by the DataLoader
+            loader = iter(make_loader(data, BucketBatchSampler(refs, cfg, seed=1), workers, prefetch_factor=2))
+            step(next(loader))
+            start = time.perf_counter()
+            for _ in range(rounds):
+                step(next(loader))
+            loop_sps = rounds * batch / (time.perf_counter() - start)
+            del loader
+            return {"loader": loader_sps, "step": step_sps, "loop": loop_sps, "shape": tuple(
+                first[0]["videos" if "videos" in first[0] else "latent_mean"].shape)}
 
-        # 1. the DataLoader alone (workers started and warm: the first 2 batches are not timed)
-        loader = iter(make_loader(dataset, BucketBatchSampler(refs, cfg, seed=0), workers, prefetch_factor=2))
-        first = [next(loader) for _ in range(2)]
+        decode = measure(TierDataset(refs))
         start = time.perf_counter()
-        n = sum(len(next(loader)["keys"]) for _ in range(batches))
-        loader_sps = n / (time.perf_counter() - start)
-        del loader
-        shape = tuple(first[0]["videos"].shape)
-        # 2. the training step alone on decoded batches
-        step(first[0]["videos"], first[0]["prompts"], keys_of(first[0]))  # warm-up
-        start = time.perf_counter()
-        for i in range(max(4, batches // 3)):
-            b = first[i % 2]
-            step(b["videos"], b["prompts"], keys_of(b))
-        step_sps = max(4, batches // 3) * batch / (time.perf_counter() - start)
-        # 3. the two together: the training loop fed by the DataLoader
-        loader = iter(make_loader(dataset, BucketBatchSampler(refs, cfg, seed=1), workers, prefetch_factor=2))
-        b = next(loader)
-        step(b["videos"], b["prompts"], keys_of(b))
-        start = time.perf_counter()
-        for _ in range(max(4, batches // 3)):
-            b = next(loader)
-            step(b["videos"], b["prompts"], keys_of(b))
-        loop_sps = max(4, batches // 3) * batch / (time.perf_counter() - start)
-        del loader
-    return {"shape": shape, "workers": workers, "loader": loader_sps, "step": step_sps, "loop": loop_sps}
+        report = encode_tier(lake, "bench", [cfg], vae, workers=workers, batch=batch, log=lambda _: None)
+        encode_s = time.perf_counter() - start
+        cached = phase_dataset(lake, "bench", refs, cfg.frame_stride, vae, log=lambda _: None)
+        assert type(cached).__name__ == "LatentDataset", "the fresh cache must be valid"
+        cache = measure(cached)
+        cache_bytes = sum(f.stat().st_size for f in Path(lake.path("latents/bench")).rglob("*") if f.is_file())
+    return {"shape": decode["shape"], "latent_shape": cache["shape"], "workers": workers, "decode": decode,
+            "cache": cache, "encoded": report.encoded, "encode_s": encode_s, "cache_mib": cache_bytes / 2**20}
 
 
 def loader_markdown(r: dict[str, object], command: str) -> str:
     b, _, t, h, w = r["shape"]
+    d, c = r["decode"], r["cache"]
     return "\n".join([
         f"Command: `{command}`", "",
         f"Data loader vs training step, tiny preset on CPU ({torch.get_num_threads()} torch threads), batches of "
-        f"{b} x {t} frames x {h}x{w} decoded from 320x180 H.264, {r['workers']} DataLoader decode workers:", "",
-        "| measurement | samples/s |", "| --- | --- |",
-        f"| DataLoader alone (decode + crop + resize in workers) | {r['loader']:.1f} |",
-        f"| training step alone (VAE + text encode, DiT fwd+bwd, AdamW) | {r['step']:.1f} |",
-        f"| training loop fed by the DataLoader | {r['loop']:.1f} |",
-        f"| **headroom: loader / step** | **{r['loader'] / r['step']:.1f}x** |", ""]) + "\n"
+        f"{b} x {t} frames x {h}x{w} from 320x180 H.264 (latents {tuple(r['latent_shape'][1:])} float16), "
+        f"{r['workers']} DataLoader workers; the same bucket and batches both ways:", "",
+        "| measurement (samples/s) | from video decode | from the latent cache |", "| --- | --- | --- |",
+        f"| DataLoader alone (decode + crop + resize / one Lance take per batch) | {d['loader']:.1f} | "
+        f"{c['loader']:.1f} |",
+        f"| training step alone (VAE encode only from decode; text encode, DiT fwd+bwd, AdamW) | {d['step']:.1f} | "
+        f"{c['step']:.1f} |",
+        f"| training loop fed by the DataLoader | {d['loop']:.1f} | {c['loop']:.1f} |",
+        f"| **headroom: loader / step** | **{d['loader'] / d['step']:.1f}x** | **{c['loader'] / c['step']:.1f}x** |",
+        "",
+        f"`videocurate encode` of the tier first: {r['encoded']} clips in {r['encode_s']:.1f} s "
+        f"({r['encoded'] / r['encode_s']:.1f} clips/s, {r['cache_mib']:.2f} MiB of Lance files).", ""]) + "\n"
 
 
 def main() -> None:
@@ -360,7 +381,7 @@ def main() -> None:
         print(table)
         if args.out:
             with open(args.out, "a") as f:
-                f.write("\n## Data loader headroom\n\n" + table)
+                f.write("\n## Data loader headroom: video decode vs latent cache\n\n" + table)
         return
     rows = compare_cpu(args.rounds, args.iters)
     gpu = None

@@ -9,14 +9,17 @@ Layout of a run folder (`videocurate train --out OUT`)::
         model.safetensors             DiT weights
         ema.safetensors               EMA of the DiT weights
         config.json                   DiT config, preset, phase, step (what `load_dit` needs)
-        trainer_state.pt              optimiser, LR scheduler, sampler position, step counters
+        trainer_state.pt              optimiser (full, keyed by parameter name), LR scheduler, sampler
+                                      position, step counters
         rng-rank0.pt ...              every RNG state of each rank (python, numpy, torch CPU, CUDA)
         state.json                    the position in words: phase, step, global step, epoch, batch, loss
     OUT/checkpoints/latest            the name of the newest complete checkpoint
     OUT/<phase>/                      a phase's final weights: model.safetensors, ema.safetensors, config.json
 
 A checkpoint is written into `step-N.tmp/` and renamed when complete, and `latest` is replaced atomically
-after that, so a kill at any moment leaves the previous checkpoint intact. Everything loads with
+after that, so a kill at any moment leaves the previous checkpoint intact. The layout is the same whatever the
+data-parallel strategy (`training.fsdp`: FSDP shards are gathered to full tensors on rank 0 before writing),
+so a run resumes under DDP or FSDP and any worker count. Everything loads with
 `torch.load(weights_only=True)`: no pickled code.
 """
 

@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 import yaml
 
 from curation.errors import ConfigError
@@ -68,14 +67,29 @@ def load_curriculum(spec: str = "curriculum") -> Curriculum:
 
 
 def load_vae(preset_vae, vae: str) -> CausalVAE:
-    """The frozen VAE: a state dict saved from `CausalVAE` at `vae`, or — only when asked for by name —
-    'random' for smoke tests of the loop (latents of an untrained VAE teach a DiT nothing)."""
-    model = CausalVAE(preset_vae)
-    if vae != "random":
-        if not vae or not os.path.isfile(vae):
-            raise ConfigError(f"train: --vae must be a CausalVAE state-dict file (torch.save(vae.state_dict())) "
-                              f"or 'random' for a smoke test; got {vae!r}")
-        model.load_state_dict(torch.load(vae, map_location="cpu", weights_only=True))
+    """The frozen VAE at `vae`: a `videocurate train-vae` run folder (its final export, else its latest
+    checkpoint), an export or checkpoint folder, a `.safetensors` file (with the `config.json` saved beside
+    it, which sets the VAE's shape), or a `torch.save(vae.state_dict())` file of the preset's shape; or —
+    only when asked for by name — 'random' for smoke tests of the loop (latents of an untrained VAE teach a
+    DiT nothing). Its latent channels must be the preset's (the DiT's input)."""
+    if vae == "random":
+        return CausalVAE(preset_vae).eval().requires_grad_(False)
+    if not vae or not os.path.exists(vae):
+        raise ConfigError(f"train: --vae must be a train-vae run folder, a VAE .safetensors or state-dict file, "
+                          f"or 'random' for a smoke test; got {vae!r}")
+    from training.vae_export import read_vae
+
+    config, state = read_vae(vae)
+    config = config or preset_vae
+    if config.latent_channels != preset_vae.latent_channels:
+        raise ConfigError(f"--vae {vae!r}: {config.latent_channels} latent channels, the model preset's DiT takes "
+                          f"{preset_vae.latent_channels}")
+    model = CausalVAE(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"--vae {vae!r}: the weights do not fit a CausalVAE of shape {config}: "
+                          f"{str(exc)[:300]}") from exc
     return model.eval().requires_grad_(False)
 
 

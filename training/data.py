@@ -328,10 +328,15 @@ class TierDataset(Dataset):
 
 
 def collate_batch(items: list[dict]) -> dict:
-    """{"videos": (B, 3, T, H, W), "prompts": [B], "bucket": Bucket, "keys": [B SampleKey]}."""
+    """{"videos": (B, 3, T, H, W), "prompts": [B], "bucket": Bucket, "keys": [B SampleKey]}; items from the
+    latent cache (training.latents.LatentDataset) carry "latent_mean" and "latent_std" (B, C, T', h, w)
+    instead of "videos"."""
     keys = [it["key"] for it in items]
-    return {"videos": torch.stack([it["video"] for it in items]), "prompts": [it["prompt"] for it in items],
-            "bucket": keys[0].bucket, "keys": keys}
+    batch = {"prompts": [it["prompt"] for it in items], "bucket": keys[0].bucket, "keys": keys}
+    for name, item in (("videos", "video"), ("latent_mean", "latent_mean"), ("latent_std", "latent_std")):
+        if item in items[0]:
+            batch[name] = torch.stack([it[item] for it in items])
+    return batch
 
 
 def _worker_init(owner: int, _: int) -> None:

@@ -32,11 +32,14 @@ from torch import nn
 
 from curation.errors import ConfigError
 from training import checkpoint as ckpt
+from training import fsdp
 from training.config import get_preset
-from training.data import BucketBatchSampler, SampleKey, TierDataset, make_loader, read_tier
+from training.data import BucketBatchSampler, SampleKey, TierDataset, collate_batch, make_loader, read_tier
 from training.dit import VideoDiT
 from training.ema import EMA
 from training.flow import FlowMatching
+from training.latents import batch_posterior, draw_latents, phase_dataset
+from training.sample import SampleSettings, VideoSampler, phase_prompts, write_phase_samples
 from training.text_encoder import build_text_encoder
 from training.train import MicroBatch, TrainConfig, accumulated_step, build_optimizer, sample_draws
 
@@ -56,7 +59,16 @@ class TrainerConfig:
     batches each, `persistent_workers`, started by `loader_start_method` (forkserver: see
     `training.data.make_loader`); pinned memory on CUDA. `text_encoder`: minilm | tiny | a local
     Hugging Face folder | {path, max_length, skip_last_layers, pooling}. `cpus_per_worker`: the CPUs a Ray
-    Train worker reserves.
+    Train worker reserves. `latent_sample`: train on z = mean + std·eps of the VAE posterior (eps keyed per
+    sample, like the flow noise) instead of the mean; the same from the latent cache (`videocurate encode`,
+    `training.latents`) as from decoded video.
+    `samples`: the videos each phase writes at its end to OUT/samples/<phase>/
+    ({count, steps, frames, size, prompts, cfg, shift, seed, fps}: `training.sample.SampleSettings`; count 0
+    = none), by rank 0 with the EMA weights.
+    `strategy`: how Ray Train workers share the DiT: ddp (replicated weights, `prepare_model`) or fsdp (FSDP2
+    shards per DiT block, bf16 compute parameters with fp32 gradient reduction when `bf16` applies; one
+    in-process worker trains the plain module either way). Checkpoints have the same layout under both
+    (`training.fsdp`), so a run resumes under the other strategy or another worker count.
     """
 
     lr: float = 1e-4
@@ -78,8 +90,13 @@ class TrainerConfig:
     loader_start_method: str = "forkserver"
     text_encoder: str | dict = "minilm"
     cpus_per_worker: float = 1.0
+    latent_sample: bool = False
+    samples: SampleSettings | dict = field(default_factory=SampleSettings)
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", SampleSettings.from_mapping(self.samples))
+        fsdp.check_strategy(self.strategy)
         if self.grad_accum < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("train: grad_accum, checkpoint_every and log_every must be >= 1")
         if self.loader_workers < 0 or self.prefetch_factor < 1:
@@ -188,12 +205,14 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _encode(vae: nn.Module, text: nn.Module, videos: torch.Tensor, prompts: list[str], device: torch.device,
-            bf16: bool):
+def _encode(vae: nn.Module, text: nn.Module, batch: dict, device: torch.device, bf16: bool,
+            sample_keys: list[tuple[int, ...]] | None = None):
+    """Scaled latents and text condition of a loader batch: its cached posterior (latent cache) or the VAE's
+    encode of its videos; the posterior mean, or a draw keyed per sample by `sample_keys` (latent_sample)."""
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        latents = vae.to_latents(videos.to(device, non_blocking=True)).float()
-        cond = text.encode(prompts)
-    return latents, cond.to(device, torch.float32)
+        mean, std = batch_posterior(vae, batch, device, need_std=sample_keys is not None)
+        cond = text.encode(batch["prompts"])
+    return draw_latents(mean, std, sample_keys, vae.config.scaling_factor), cond.to(device, torch.float32)
 
 
 def _eval_loss(dit: nn.Module, vae, text, flow: FlowMatching, dataset: TierDataset, sampler: BucketBatchSampler,
@@ -201,8 +220,7 @@ def _eval_loss(dit: nn.Module, vae, text, flow: FlowMatching, dataset: TierDatas
     """Flow loss of `dit` on a fixed batch (the phase's first global batch) with fixed draws, no text dropout."""
     bucket, members = sampler.draw(0, 0)
     items = [dataset[SampleKey(i, bucket, seed, 0, 0, j, len(members))] for j, i in enumerate(members)]
-    latents, cond = _encode(vae, text, torch.stack([it["video"] for it in items]), [it["prompt"] for it in items],
-                            device, bf16)
+    latents, cond = _encode(vae, text, collate_batch(items), device, bf16)
     keys = [(seed, phase, EVAL_EPOCH, 0, j) for j in range(len(items))]
     _, t, x0 = sample_draws(flow, keys, latents.shape[1:], device)
     was_training = dit.training
@@ -231,10 +249,13 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
     dit = VideoDiT(dit_cfg).to(device)
     vae = load_vae(preset.vae, job.vae).to(device)
     flow = FlowMatching()
-    ema = EMA(dit, cfg.ema_decay) if lead else None
+    sharded = cfg.strategy == "fsdp" and dist.is_initialized()
+    ema = EMA(dit, cfg.ema_decay) if lead and not sharded else None
     bf16 = cfg.bf16 and device.type == "cuda"
     config_doc = {"model": plan.model, "dit_config": dataclasses.asdict(dit_cfg), "seed": job.seed,
-                  "text_encoder": cfg.text_encoder}
+                  "text_encoder": cfg.text_encoder, "vae_config": dataclasses.asdict(vae.config),
+                  "vae": job.vae if job.vae == "random" else os.path.abspath(job.vae)}
+    cfg.samples.check(vae.config, dit_cfg)
 
     resume = None
     if job.resume_from:
@@ -246,7 +267,15 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
             ckpt.set_rng_state(resume["rng"])
         say(f"resumed from {job.resume_from} (phase {resume['state']['phase']}, step {resume['state']['step']}, "
             f"global step {resume['state']['global_step']})")
-    model = wrap(dit) if wrap is not None else dit
+    if sharded:  # every rank keeps the EMA of its own shards (training.fsdp)
+        model = fsdp.shard_dit(dit, bf16)
+        ema = EMA(dit, cfg.ema_decay)
+        if resume and resume["ema"] is not None:
+            fsdp.load_full(ema.shadow, resume["ema"])
+    else:
+        if cfg.strategy == "fsdp":
+            say("strategy fsdp: one in-process worker trains the unsharded DiT (FSDP needs Ray Train workers)")
+        model = wrap(dit) if wrap is not None else dit
     global_step = resume["state"]["global_step"] if resume else 0
     summary: dict = {}
     summary_path = Path(out) / "summary.json"
@@ -269,7 +298,7 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
                 summary[phase.name] = {"skipped": str(exc)}
                 say(f"phase {phase.name}: skipped ({exc})")
                 continue
-            dataset = TierDataset(refs, phase.buckets.frame_stride)
+            dataset = phase_dataset(job.lake, phase.tier, refs, phase.buckets.frame_stride, vae, say)
             tcfg = TrainConfig(lr=phase.lr or cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                warmup_steps=min(cfg.warmup_steps, phase.steps), grad_clip=cfg.grad_clip,
                                text_dropout=cfg.text_dropout, bf16=bf16)
@@ -278,7 +307,7 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
             if resume and pi == start_phase:
                 trainer_state = resume["trainer"]
                 done = trainer_state["step"]
-                opt.load_state_dict(trainer_state["optimizer"])
+                fsdp.load_optimizer_state(model, opt, trainer_state["optimizer"])
                 sched.load_state_dict(trainer_state["scheduler"])
                 sampler.load_state_dict(trainer_state["sampler"])
             resume = None
@@ -293,9 +322,10 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
                     for _ in range(cfg.grad_accum):
                         batch = next(batches)
                         keys = batch["keys"]
-                        latents, cond = _encode(vae, text, batch["videos"], batch["prompts"], device, bf16)
-                        micro.append(MicroBatch(latents, cond, [(job.seed, pi, k.epoch, k.batch, k.slot)
-                                                                for k in keys]))
+                        rng_keys = [(job.seed, pi, k.epoch, k.batch, k.slot) for k in keys]
+                        latents, cond = _encode(vae, text, batch, device, bf16,
+                                                rng_keys if cfg.latent_sample else None)
+                        micro.append(MicroBatch(latents, cond, rng_keys))
                         total += keys[0].size
                         last = keys[-1]
                     stats = accumulated_step(model, flow, opt, sched, micro, tcfg, total, world, bf16=bf16)
@@ -313,20 +343,33 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
                     stop = job.stop_after is not None and global_step >= job.stop_after
                     if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cap or stop:
                         epoch, nxt = sampler.position_after(last)
-                        _save(job, rank, world, global_step, pi, phase.name, step + 1, epoch, nxt, stats, dit,
+                        _save(job, rank, world, global_step, pi, phase.name, step + 1, epoch, nxt, stats, model,
                               ema, opt, sched, sampler, config_doc)
                     if stop:
                         say(f"stopped after {global_step} steps (--stop-after); continue with --resume")
                         summary["stopped"] = {"global_step": global_step, "phase": phase.name, "step": step + 1}
                         return summary
                 del batches, loader
+            weights = fsdp.full_model_state(model)  # every rank: a collective under FSDP
+            ema_weights = fsdp.gather_full(ema.state_dict()) if ema is not None else {}
             if lead:
                 folder = Path(out) / phase.name
-                ckpt.save_weights(folder, dit.state_dict(), ema.state_dict(),
+                ckpt.save_weights(folder, weights, ema_weights,
                                   {**config_doc, "phase": phase.name, "global_step": global_step, "steps": cap})
-                with ema.applied(dit):
-                    ema_loss = _eval_loss(dit, vae, text, flow, dataset, sampler, job.seed, pi, device, bf16)
-                raw_loss = _eval_loss(dit, vae, text, flow, dataset, sampler, job.seed, pi, device, bf16)
+                # rank 0 evaluates and samples alone: under FSDP on an unsharded copy
+                eval_dit, eval_ema = _unsharded(dit_cfg, weights, ema_weights, cfg.ema_decay, device) if sharded \
+                    else (dit, ema)
+                with eval_ema.applied(eval_dit):
+                    ema_loss = _eval_loss(eval_dit, vae, text, flow, dataset, sampler, job.seed, pi, device, bf16)
+                raw_loss = _eval_loss(eval_dit, vae, text, flow, dataset, sampler, job.seed, pi, device, bf16)
+                if cfg.samples.count:
+                    shape = sampler.draw(0, 0)[0]  # the eval batch's bucket: a shape the phase trains on
+                    prompts = phase_prompts(cfg.samples, refs, job.seed)
+                    with eval_ema.applied(eval_dit):
+                        write_phase_samples(Path(out) / "samples" / phase.name,
+                                            VideoSampler(eval_dit, vae, text, device, bf16), cfg.samples, prompts,
+                                            shape.frames, shape.width, shape.height,
+                                            {"phase": phase.name, "global_step": global_step, "weights": "ema"})
                 rows = [r for r in read_losses(out) if r["phase"] == phase.name]
                 summary[phase.name] = {"steps": cap, "first_loss": rows[0]["loss"] if rows else None,
                                        "last_loss": rows[-1]["loss"] if rows else None,
@@ -340,18 +383,31 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
     return summary
 
 
+def _unsharded(dit_cfg, weights: dict, ema_weights: dict, decay: float, device: torch.device) -> tuple[VideoDiT, EMA]:
+    """A plain DiT and its EMA from full state dicts (rank 0's evaluation copy of an FSDP model)."""
+    dit = VideoDiT(dit_cfg).to(device)
+    dit.load_state_dict(weights)
+    ema = EMA(dit, decay)
+    ema.load_state_dict(ema_weights)
+    return dit, ema
+
+
 def _save(job: Job, rank: int, world: int, global_step: int, phase_index: int, phase: str, step: int, epoch: int,
-          batch: int, stats: dict, dit: nn.Module, ema: EMA | None, opt, sched, sampler: BucketBatchSampler,
+          batch: int, stats: dict, model: nn.Module, ema: EMA | None, opt, sched, sampler: BucketBatchSampler,
           config_doc: dict) -> None:
     ckpt.begin_checkpoint(job.out, global_step, rank)
     _barrier(world)
+    # full, name-keyed states whatever the strategy (rank 0 gets them; collectives under FSDP)
+    weights, opt_state = fsdp.full_model_state(model), fsdp.full_optimizer_state(model, opt)
+    ema_weights = fsdp.gather_full(ema.state_dict()) if ema is not None else None
     if rank == 0:
         sampler_state = {**sampler.state_dict(), "epoch": epoch, "batch": batch}
-        trainer_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "sampler": sampler_state,
+        trainer_state = {"optimizer": opt_state, "scheduler": sched.state_dict(), "sampler": sampler_state,
                          "step": step, "phase": phase_index, "global_step": global_step}
         state = {"phase": phase_index, "phase_name": phase, "step": step, "global_step": global_step,
-                 "epoch": epoch, "batch": batch, "loss": stats["loss"], "world": world, "time": time.time()}
-        ckpt.finish_checkpoint(job.out, global_step, dit.state_dict(), ema.state_dict() if ema else None,
+                 "epoch": epoch, "batch": batch, "loss": stats["loss"], "world": world,
+                 "strategy": "fsdp" if fsdp.is_sharded(model) else "ddp", "time": time.time()}
+        ckpt.finish_checkpoint(job.out, global_step, weights, ema_weights,
                                {**config_doc, "phase": phase, "global_step": global_step}, trainer_state, state,
                                job.config.keep_checkpoints)
     _barrier(world)
@@ -433,7 +489,8 @@ def _train_ray(job: Job, workers: int, address: str | None, num_cpus: int | None
         workers = gpus if use_gpu else 1
     resources = {"CPU": job.config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     job.device = "cuda" if use_gpu else "cpu"
-    log(f"training on {workers} Ray Train worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}")
+    log(f"training on {workers} Ray Train worker(s), {'GPU (NCCL)' if use_gpu else 'CPU (gloo)'}, "
+        f"{job.config.strategy.upper()}")
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"job": job, "threads": max(1, int(job.config.cpus_per_worker))},
