@@ -267,16 +267,18 @@ def _cut_video(uri: str, cuts: list[_Cut], work: str) -> Iterator[tuple[_Cut, st
     try:
         reader = VideoReader(uri.removeprefix("file://"))
         info, row = reader.info, cuts[0].row
+        times = reader.timeline() if info.vfr else None  # a VFR clip keeps its frames' timing
         if (info.width, info.height) != (row["width"], row["height"]):
             raise VideoError(f"the source is {info.width}x{info.height} now, the lake says {row['width']}x"
                              f"{row['height']}: it changed since it was curated", kind="source_changed")
         for index, frame in enumerate(reader.iter_frames()):
             while nxt < len(cuts) and cuts[nxt].row["start_frame"] <= index:
                 path = os.path.join(work, f"{cuts[nxt].key}.mp4")
-                active.append((cuts[nxt], _Encoder(path, cuts[nxt].width, cuts[nxt].height, info.fps)))
+                start_s = None if times is None else times.seconds(cuts[nxt].row["start_frame"])
+                active.append((cuts[nxt], _Encoder(path, cuts[nxt].width, cuts[nxt].height, info.fps, start_s)))
                 nxt += 1
             for cut, enc in active:
-                enc.add(cut.picture(frame))
+                enc.add(cut.picture(frame), None if times is None else times.seconds(index))
             for cut, enc in [a for a in active if index + 1 >= a[0].row["end_frame"]]:
                 path = enc.close()
                 active = [a for a in active if a[1] is not enc]
@@ -293,19 +295,28 @@ def _cut_video(uri: str, cuts: list[_Cut], work: str) -> Iterator[tuple[_Cut, st
 class _Encoder:
     """One clip's H.264 yuv420p mp4 (no audio, moov first so it streams), written frame by frame."""
 
-    def __init__(self, path: str, width: int, height: int, fps: float):
+    TICKS = Fraction(1, 90000)  # time base of a variable-rate clip's timestamps
+
+    def __init__(self, path: str, width: int, height: int, fps: float, start_s: float | None = None):
+        """`start_s`: the source time of the clip's first frame, when each frame is added with its own
+        time (variable frame rate); None: frames follow each other at `fps`."""
         import av
 
-        self.path, self.frames = path, 0
+        self.path, self.frames, self.start_s = path, 0, start_s
         self.out = av.open(path, "w", format="mp4", options={"movflags": "+faststart"})
         self.stream = self.out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.stream.options = dict(ENCODE)
+        if start_s is not None:
+            self.stream.time_base = self.stream.codec_context.time_base = self.TICKS
 
-    def add(self, rgb: np.ndarray) -> None:
+    def add(self, rgb: np.ndarray, at_s: float | None = None) -> None:
         import av
 
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if self.start_s is not None and at_s is not None:
+            frame.pts, frame.time_base = round((at_s - self.start_s) / self.TICKS), self.TICKS
+        for packet in self.stream.encode(frame):
             self.out.mux(packet)
         self.frames += 1
 

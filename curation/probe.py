@@ -65,5 +65,5 @@ class ProbeStage(Stage):
                             for kind, message in info.notes]  # worked around: warnings on an ok video
         out.update(container=info.container, codec=info.codec, duration_s=info.duration_s, fps=info.fps,
                    frame_count=info.frame_count, width=info.width, height=info.height,
-                   rotation=info.rotation, has_audio=info.has_audio, status="ok")
+                   rotation=info.rotation, has_audio=info.has_audio, vfr=info.vfr, status="ok")
         return out

@@ -31,6 +31,7 @@ VIDEO_FIELDS = [
     pa.field("height", pa.int32()),
     pa.field("rotation", pa.int16()),
     pa.field("has_audio", pa.bool_()),
+    pa.field("vfr", pa.bool_()),  # variable frame rate: frame numbers map to times through the timestamps
     pa.field("status", pa.string()),  # ok | failed | no_clips | duplicate
     pa.field("error", pa.string()),
     pa.field("cuts", pa.list_(pa.int64())),  # frames where the detector found a new shot

@@ -1,6 +1,7 @@
-"""Scene splitting: decode each video once at a small analysis size, feed PySceneDetect detectors frame
-by frame, then turn the detected shots into clips (drop short shots, window long ones, start each clip
-on its sharpest early frame — HunyuanVideo's "clear start frame")."""
+"""Scene splitting: decode each video once at a small analysis size, feed the boundary detectors
+(PySceneDetect's, the gradual-transition detector, TransNetV2) frame by frame, fuse what they find
+(curation.fusion), then turn the detected shots into clips (drop short shots, window long ones, start
+each clip on its sharpest early frame — HunyuanVideo's "clear start frame")."""
 
 from __future__ import annotations
 
@@ -14,23 +15,33 @@ import pyarrow as pa
 from pydantic import Field
 
 from curation.errors import ConfigError, VideoError
+from curation.fusion import fuse
+from curation.globalmotion import shrink
 from curation.schema import CLIP_FIELDS, CLIP_VIDEO_COLUMNS
 from curation.stage import Resources, Stage, failure, params
+from curation.timeline import Timeline
+from curation.transitions import GradualDetector, Transition
 from curation.video import VideoInfo, VideoReader, fit_size
 
-DETECTORS = ("content", "adaptive", "threshold", "histogram", "transnetv2")
-Detector = Literal["content", "adaptive", "threshold", "histogram", "transnetv2"]
+DETECTORS = ("content", "adaptive", "threshold", "histogram", "gradual", "transnetv2")
+Detector = Literal["content", "adaptive", "threshold", "histogram", "gradual", "transnetv2"]
+OWN_DETECTORS = ("gradual", "transnetv2")  # not PySceneDetect's: detect() feeds them
 
 
 @params
 class SplitParams:
     """Scene-split settings. Thresholds left as None take PySceneDetect's defaults
-    (content 27, adaptive 3.0, threshold 12, histogram 0.2). `transnetv2` (the learned detector, see
-    curation.transnet) runs on the same decode; fused with the others, its transition spans win: a cut
-    another detector puts inside or next to a TransNetV2 transition moves to the transition's end."""
+    (content 27, adaptive 3.0, threshold 12, histogram 0.2) and apply to the first of them. `gradual`
+    (curation.transitions: dissolves, fades, wipes and slides as verified spans, and low-contrast hard
+    cuts, from motion-compensated 64x36 thumbnails) and `transnetv2` (the learned detector,
+    curation.transnet) run on the same decode; curation.fusion fuses them all with one rule (spans
+    first, the gradual detector's before TransNetV2's; point cuts inside or next to a span dropped).
+    The default, [content, gradual], scores best on the transition benchmark at 1.17x the content-only
+    split's CPU time (benchmarks/RESULTS.md); TransNetV2 costs ~35x on a CPU and is opt-in."""
 
-    detectors: Annotated[list[Detector], Field(min_length=1)] = field(default_factory=lambda: ["content"])
-    threshold: Annotated[float, Field(gt=0)] | None = None  # for the first detector
+    detectors: Annotated[list[Detector], Field(min_length=1)] = field(
+        default_factory=lambda: ["content", "gradual"])
+    threshold: Annotated[float, Field(gt=0)] | None = None  # for the first PySceneDetect detector
     min_scene_len: Annotated[int, Field(ge=1)] = 15  # frames between two cuts, at least
     analysis_width: Annotated[int, Field(ge=16)] = 256  # decode width for detection
     min_clip_s: Annotated[float, Field(gt=0)] = 2.0  # shots shorter than this are dropped
@@ -57,8 +68,9 @@ def make_detectors(params: SplitParams, fps: float) -> list[tuple[object, bool]]
     import scenedetect as sd
 
     dets: list[tuple[object, bool]] = []
+    first = next((i for i, name in enumerate(params.detectors) if name not in OWN_DETECTORS), None)
     for i, name in enumerate(params.detectors):
-        thr = {"threshold": params.threshold} if (i == 0 and params.threshold is not None) else {}
+        thr = {"threshold": params.threshold} if (i == first and params.threshold is not None) else {}
         common = {"min_scene_len": params.min_scene_len}
         if name == "content":
             dets += [(sd.ContentDetector(**thr, **common, luma_only=luma), luma) for luma in (False, True)]
@@ -69,8 +81,8 @@ def make_detectors(params: SplitParams, fps: float) -> list[tuple[object, bool]]
             dets.append((sd.ThresholdDetector(**thr, **common, add_final_scene=False), False))
         elif name == "histogram":
             dets.append((sd.HistogramDetector(**thr, **common), False))
-        elif name == "transnetv2":
-            continue  # not a PySceneDetect detector: detect() feeds it
+        elif name in OWN_DETECTORS:
+            continue  # not PySceneDetect detectors: detect() feeds them
         else:
             raise ConfigError(f"split: unknown detector '{name}'; choose from {DETECTORS}")
     return dets
@@ -85,8 +97,9 @@ def _is_gray(bgr: np.ndarray, limit: float = 3.0) -> bool:
 @dataclass
 class Boundaries:
     """What the detectors found in one video: `cuts` (the first frame of each new shot), per-frame
-    Laplacian variance, and `transitions`: the gradual ones (dissolve, fade, wipe; from TransNetV2) as
-    {start, end, kind} spans, inclusive, whose frames belong to no shot."""
+    Laplacian variance, and `transitions`: the gradual ones (dissolve, fade, wipe, slide from the gradual
+    detector; fade or gradual from TransNetV2) as {start, end, kind} spans, inclusive, whose frames belong
+    to no shot."""
 
     cuts: list[int]
     sharpness: np.ndarray
@@ -100,18 +113,19 @@ class Boundaries:
 
 
 def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device: str = "cpu") -> Boundaries:
-    """Run the detectors over BGR analysis frames. Cuts from several detectors are merged; cuts closer
-    than `min_scene_len` keep the earlier one; a cut across a flash (the same picture just before and
-    just after it) is dropped."""
+    """Run the detectors over BGR analysis frames and fuse what they find (curation.fusion): gradual
+    transitions as spans, PySceneDetect's cuts as points; a point cut across a flash (the same picture
+    just before and just after it) is dropped."""
     from scenedetect import FrameTimecode
 
     fps = float(fps)  # FrameTimecode refuses an int rate
     dets = make_detectors(params, fps)
     learned = None
     if "transnetv2" in params.detectors:
-        from curation.transnet import TransNetDetector, transitions
+        from curation.transnet import TransNetDetector
 
         learned = TransNetDetector(device)
+    gradual = GradualDetector() if "gradual" in params.detectors else None
     sharp: list[float] = []
     # 32x18 int16 thumbnails (1152 bytes a frame) for the flash check, in blocks of THUMB_BLOCK frames: one
     # small array a frame, kept for the whole video, pins the heap between the decoder's large per-frame
@@ -124,12 +138,15 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device
     for n, bgr in enumerate(frames):
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         sharp.append(float(cv2.Laplacian(gray, cv2.CV_32F).var()))
+        small = shrink(gray) if gradual is not None else gray  # one area resize serves both thumbnails
         if n % THUMB_BLOCK == 0:
             blocks.append(np.empty((THUMB_BLOCK, *THUMB_SHAPE), np.int16))
-        blocks[-1][n % THUMB_BLOCK] = thumb(gray)
+        blocks[-1][n % THUMB_BLOCK] = thumb(small)
         gray_frames.append(_is_gray(bgr))
         if learned is not None:
             learned.process(bgr)
+        if gradual is not None:
+            gradual.process(small)
         tc = FrameTimecode(n, fps)
         for det, gray_only in dets:
             if gray_only and not gray_frames[-1]:
@@ -142,20 +159,27 @@ def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device
                 (gray_found if gray_only else found).extend(c.frame_num for c in det.post_process(end))
     thumbs = np.concatenate(blocks)[:len(sharp)] if blocks else np.zeros((0, *THUMB_SHAPE), np.int16)
     found += [c for c in gray_found if 0 < c < len(gray_frames) and gray_frames[c] and gray_frames[c - 1]]
-    found = [c for c in found if not is_flash(thumbs, c)]
-    spans: list[tuple[int, int]] = []
+    spans: list[Transition] = []
     if learned is not None:
-        spans = transitions(learned.finish(), params.transnet_threshold)
-        found = fuse_transitions(found, spans)
-    cuts = _merge_cuts(found, len(sharp), params.min_scene_len)
-    gradual = [{"start": a, "end": b, "kind": _kind(thumbs[a:b + 1])} for a, b in spans
-               if b - a + 1 >= 3 and b + 1 in cuts]
-    return Boundaries(cuts, np.asarray(sharp, np.float32), gradual)
+        from curation.transnet import transitions
+
+        for a, b in transitions(learned.finish(), params.transnet_threshold):
+            if b - a + 1 >= 3:
+                spans.append(Transition(a, b, _kind(thumbs[a:b + 1])))
+            else:
+                found.append(b + 1)
+    verified: list[Transition] = []
+    if gradual is not None:
+        verified, hard = gradual.finish()
+        found += hard
+    found = [c for c in found if not is_flash(thumbs, c)]
+    cuts, kept = fuse(found, verified, spans, len(sharp), params.min_scene_len)
+    return Boundaries(cuts, np.asarray(sharp, np.float32), [t.as_dict() for t in kept])
 
 
 def _kind(thumbs: Sequence[np.ndarray]) -> str:
-    """'fade' when the transition passes through a (near) black or white frame, else 'gradual'
-    (a dissolve, a wipe, a slide: told apart by nothing this cheap)."""
+    """For a TransNetV2 span: 'fade' when it passes through a (near) black or white frame, else 'gradual'
+    (a dissolve, a wipe, a slide: the `gradual` detector tells them apart)."""
     levels = [float(t.mean()) for t in thumbs]
     return "fade" if levels and (min(levels) < 24 or max(levels) > 232) else "gradual"
 
@@ -178,32 +202,16 @@ def is_flash(thumbs: Sequence[np.ndarray], cut: int, reach: int = 3, same: float
     return any(float(np.abs(a - b).mean()) < same for a in before for b in after)
 
 
-def fuse_transitions(cuts: Sequence[int], spans: Sequence[tuple[int, int]], margin: int = 2) -> list[int]:
-    """TransNetV2's cuts (the first frame after each transition span) plus the other detectors' cuts
-    that fall outside every span (widened by `margin` frames): a dissolve's middle, where a content
-    detector fires, is never a cut, and the next shot starts after the transition."""
-    outside = [c for c in cuts if not any(a - margin <= c <= b + 1 + margin for a, b in spans)]
-    return sorted({b + 1 for _, b in spans} | set(outside))
-
-
-def _merge_cuts(cuts: Sequence[int], n_frames: int, min_gap: int) -> list[int]:
-    merged: list[int] = []
-    for c in sorted(set(int(c) for c in cuts)):
-        if 0 < c < n_frames and (not merged or c - merged[-1] >= min_gap):
-            merged.append(c)
-    return merged
-
-
 def make_clips(shots: Sequence[tuple[int, int]], fps: float, sharpness: np.ndarray,
-               params: SplitParams) -> list[ClipSpan]:
+               params: SplitParams, times: Timeline | None = None) -> list[ClipSpan]:
     """Clips from shots: drop short shots, cut long ones into windows of `max_clip_s`, and move each
     window's start to its sharpest frame among the first `sharp_start_frames`."""
-    min_len = max(1, int(round(params.min_clip_s * fps)))
-    max_len = max(min_len, int(round(params.max_clip_s * fps)))
+    times = times or Timeline.constant(fps)  # variable frame rate: windows measured in time, from each start
     clips: list[ClipSpan] = []
     for si, (s0, s1) in enumerate(shots):
         start = s0
-        while s1 - start >= min_len:
+        while s1 - start >= (min_len := max(1, times.frames_in(start, params.min_clip_s))):
+            max_len = max(min_len, times.frames_in(start, params.max_clip_s))
             end = min(s1, start + max_len)
             look = max(1, min(params.sharp_start_frames, end - start - min_len + 1))
             best = _sharp_start(sharpness[start:start + look], start)
@@ -262,30 +270,33 @@ class SplitStage(Stage):
             return [{**row, "status": "failed", "error": str(exc), "n_clips": 0,
                      "failures": [*(row["failures"] or []), failure(self.name, exc)]}]
         n, cuts = len(found.sharpness), found.cuts
-        fps = info.fps
-        video = {**row, "frame_count": n, "duration_s": n / fps, "cuts": cuts, "transitions": found.transitions}
+        fps, times = info.fps, reader.timeline()  # frame number <-> time (a table on VFR video)
+        video = {**row, "frame_count": n, "duration_s": times.seconds(n), "cuts": cuts,
+                 "transitions": found.transitions}
         warnings = list(row["failures"] or [])
         if info.frame_count and n < 0.9 * info.frame_count:
             warnings.append(failure(self.name, VideoError(
                 f"only {n} of {info.frame_count} frames decode: the file is truncated; clips use what decodes",
                 kind="truncated")))
         video["failures"] = warnings
-        spans = make_clips(found.shots(), fps, found.sharpness, self.params)
+        spans = make_clips(found.shots(), fps, found.sharpness, self.params, times)
         if not spans:
             why = VideoError(f"no shot of at least min_clip_s={self.params.min_clip_s}s "
                              f"({n} frames, {n / fps:.2f}s, {len(cuts)} cuts)", kind="too_short")
             return [{**video, "status": "no_clips", "error": str(why), "n_clips": 0,
                      "failures": [*warnings, failure(self.name, why)]}]
         # Video-level failures travel on the first clip row only, so they are written once.
-        return [{**video, "n_clips": len(spans), **clip_columns(row["video_id"], sp, fps),
+        return [{**video, "n_clips": len(spans), **clip_columns(row["video_id"], sp, times),
                  "failures": warnings if i == 0 else []} for i, sp in enumerate(spans)]
 
 
-def clip_columns(video_id: str, sp: ClipSpan, fps: float) -> dict:
+def clip_columns(video_id: str, sp: ClipSpan, times: Timeline) -> dict:
+    """A clip's columns; its times are its frames' timestamps (`times`: the video's timeline)."""
     return {
         "clip_id": f"{video_id}_{sp.start}_{sp.end}",
         "start_frame": sp.start, "end_frame": sp.end,
-        "start_s": sp.start / fps, "end_s": sp.end / fps, "duration_clip_s": (sp.end - sp.start) / fps,
+        "start_s": times.seconds(sp.start), "end_s": times.seconds(sp.end),
+        "duration_clip_s": times.span_s(sp.start, sp.end),
         "shot_index": sp.shot_index, "shot_start_frame": sp.shot_start, "shot_end_frame": sp.shot_end,
         "start_sharpness": sp.sharpness,
     }

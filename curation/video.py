@@ -4,17 +4,18 @@ decord cannot open). Frames come out RGB uint8, in display orientation, at the s
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from typing import Literal
 
 import numpy as np
 
 from curation.errors import VideoError
+from curation.timeline import Timeline, is_variable, scan
 
 Backend = Literal["auto", "decord", "pyav"]
 Size = tuple[int, int]  # (width, height) in display orientation
@@ -38,7 +39,9 @@ class VideoInfo:
     """What probing a file tells, before any full decode. `width`/`height` are display dimensions
     (after rotation); `frame_count` is the container's count or an estimate from duration x fps, 0 when
     unknown (a claim the file cannot hold is dropped: see `notes`). `size_bytes`/`mtime_ns`: the file when
-    probed; a reader refuses the file once either differs (it changed while being read)."""
+    probed; a reader refuses the file once either differs (it changed while being read). `vfr`: the frames'
+    timestamps step at more than one rate (then `fps` is the average, frames / duration, and frame numbers
+    map to times through the timestamps: `VideoReader.timeline`); None when not known (taken as constant)."""
 
     path: str
     size_bytes: int
@@ -52,6 +55,7 @@ class VideoInfo:
     rotation: int  # degrees clockwise applied at display: 0, 90, 180 or 270
     has_audio: bool
     mtime_ns: int | None = None
+    vfr: bool | None = None
     # (kind, message) for what the probe found wrong but worked around, e.g. a frame count the file cannot hold
     notes: tuple[tuple[str, str], ...] = ()
 
@@ -69,7 +73,7 @@ class VideoInfo:
                    width=int(row["width"]), height=int(row["height"]), fps=float(row["fps"]),
                    frame_count=int(row["frame_count"]), duration_s=float(row.get("duration_s") or 0.0),
                    rotation=int(row.get("rotation") or 0), has_audio=bool(row.get("has_audio")),
-                   mtime_ns=row.get("mtime_ns"))
+                   mtime_ns=row.get("mtime_ns"), vfr=row.get("vfr"))
 
 
 def _real_name(uri: str) -> bytes | None:
@@ -287,8 +291,12 @@ def probe(path: str | os.PathLike, since: tuple[int, int] | None = None) -> Vide
         fps = float(rate) if rate else 0.0
         if not fps or not np.isfinite(fps) or fps > 1000:
             raise VideoError(f"no usable frame rate ({rate}): {path}", kind="unreadable")
-        duration = _duration_s(container, stream)
-        frames, duration, notes = _plausible_length(int(stream.frames or 0), duration, fps, size)
+        duration, frames = _duration_s(container, stream), int(stream.frames or 0)
+        timeline = _scan(path, st.st_size, st.st_mtime_ns)
+        vfr = timeline is not None and is_variable(timeline.pts[:-1], timeline.time_base)
+        if vfr:  # the container's rate is one of several (Matroska states none): the frames tell
+            frames, duration, fps = timeline.frames, timeline.duration_s(), timeline.fps
+        frames, duration, notes = _plausible_length(frames, duration, fps, size)
         rotation = _rotation_of(first)
         w, h = first.width, first.height
         if rotation in (90, 270):
@@ -296,10 +304,19 @@ def probe(path: str | os.PathLike, since: tuple[int, int] | None = None) -> Vide
         info = VideoInfo(
             path=path, size_bytes=size, container=fmt, codec=codec, width=w, height=h, fps=fps,
             frame_count=frames, duration_s=duration, rotation=rotation,
-            has_audio=bool(container.streams.audio), mtime_ns=st.st_mtime_ns, notes=notes,
+            has_audio=bool(container.streams.audio), mtime_ns=st.st_mtime_ns, vfr=vfr, notes=notes,
         )
     check_unchanged(path, (st.st_size, st.st_mtime_ns), "when probing began", "after probing")
     return info
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(path: str, size: int, mtime_ns: int | None) -> Timeline | None:
+    """The stream's frame timestamps, demuxed without decoding (about 40k packets a second: 20 ms for
+    30 s of 1080p), or None when its packets carry none. Kept for the last few files (by size and mtime,
+    so a changed file is read again): a worker that probes a file and then reads it scans it once."""
+    with _open_container(path) as container:
+        return scan(container, container.streams.video[0])
 
 
 def _plausible_length(frames: int, duration: float, fps: float, size: int) -> tuple[int, float, tuple]:
@@ -388,6 +405,7 @@ class VideoReader:
         self.info = info or probe(self.path)
         self.backend = backend
         self._decord = None
+        self._timeline: Timeline | None = None
         # decord applies display rotation itself at native size but mangles rotated frames when asked
         # for another size (4 channels, wrong shape), and its index-based reads land on the wrong frames
         # in containers without a frame index (MPEG-TS: 12 frames off in tests): those go through PyAV.
@@ -422,6 +440,24 @@ class VideoReader:
         truncated or still growing between probe and decode, or during a decode, raises changed_during_read."""
         if self.info.mtime_ns is not None and self.info.size_bytes:
             check_unchanged(self.path, (self.info.size_bytes, self.info.mtime_ns), "when probed", now)
+
+    def timeline(self) -> Timeline:
+        """Frame number <-> time, in the numbering `iter_frames` and `read` share (a frame's position
+        among the presented frames): on variable-frame-rate video a table of the frames' timestamps
+        (demuxed, no decode; the probe's scan when it ran in this process); otherwise the constant rate."""
+        if self._timeline is None:
+            info = self.info
+            found = _scan(self.path, info.size_bytes, info.mtime_ns) if info.vfr else None
+            self._timeline = found or Timeline.constant(self.info.fps)
+        return self._timeline
+
+    def _stream_timeline(self, stream) -> Timeline:
+        """The timeline a seek in `stream` works with: the table on VFR video, else the constant rate
+        counted from the stream's start time."""
+        found = self.timeline()
+        if found.variable:
+            return found
+        return Timeline.constant(self.info.fps, stream.time_base, stream.start_time or 0)
 
     # ---- streaming -------------------------------------------------------------------------------
     def iter_frames(self, size: Size | None = None, chunk: int = 32, bgr: bool = False) -> Iterator[np.ndarray]:
@@ -504,7 +540,8 @@ class VideoReader:
         return self._read_pyav(indices, size)
 
     def _read_pyav(self, indices: list[int], size: Size | None) -> np.ndarray:
-        """Decode forward, seeking only across long gaps; frame index = position in decode order."""
+        """Decode forward, seeking only across long gaps; frame index = position in decode order (after a
+        seek, the frame's number comes from its timestamp through the timeline)."""
 
         wanted = sorted(set(indices))
         stored = _stored(size, self.info.rotation)
@@ -513,14 +550,14 @@ class VideoReader:
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            fps = Fraction(self.info.fps).limit_denominator(100000)
+            timeline = self._stream_timeline(stream) if stream.time_base else None
             start_pts = stream.start_time or 0
             pos = -1  # index of the last decoded frame
             last = None  # the last picture, for repeats
             frames = decoded_frames(container, stream)
             for target in wanted:
-                if target - pos > 250 and stream.time_base:
-                    ts = start_pts + int((Fraction(target) / fps) / stream.time_base)
+                if target - pos > 250 and timeline is not None:
+                    ts = timeline.pts_of(target)
                     container.seek(max(ts - 1, start_pts), stream=stream, backward=True)
                     frames = decoded_frames(container, stream)
                     pos, last = None, None
@@ -531,8 +568,7 @@ class VideoReader:
                         frame = last
                     last = frame
                     if pos is None:  # after a seek, recover the index from the timestamp
-                        t = float((frame.pts - start_pts) * stream.time_base) if frame.pts is not None else 0.0
-                        pos = int(round(t * float(fps)))
+                        pos = timeline.index_of(frame.pts)
                     else:
                         pos += 1
                     if pos >= target:

@@ -6,6 +6,8 @@ import io
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -141,3 +143,50 @@ def ogg_with_repeats(src: str, dst: str, packets: set[int]) -> int:
     with open(dst, "wb") as f:
         f.write(out)
     return changed
+
+
+# Variable frame rate: (frames, rate) runs, as a phone or a screen recorder writes them
+VFR_RUNS = ((100, 30), (200, 10), (120, 60))
+VFR_TICKS = 1200  # the time base of the fixture's timestamps: every frame interval above is whole ticks
+
+
+@dataclass
+class VfrTruth:
+    """A variable-frame-rate video with hard cuts at known frames: `times[i]` is when frame i is shown
+    (seconds), `times[-1]` the end of the last frame; `source` is the same frames at a constant rate."""
+
+    path: str
+    source: str
+    cuts: list[int]
+    times: list[float]
+
+
+def vfr_times(runs=VFR_RUNS) -> list[float]:
+    """Presentation time of every frame of `runs`, then the end of the last one."""
+    times, t = [], Fraction(0)
+    for frames, rate in runs:
+        for _ in range(frames):
+            times.append(float(t))
+            t += Fraction(1, rate)
+    return [*times, float(t)]
+
+
+def vfr_video(path: str, shots: list[synth.Shot] | None = None, runs=VFR_RUNS) -> VfrTruth:
+    """Render `shots` (default: three panning shots, cuts at frames 130 and 350, the second cut inside the
+    60 fps run) at a constant rate, then re-time every frame with ffmpeg's setpts to the rates of `runs`
+    (`-fps_mode vfr` keeps each frame once). The container follows the extension (mp4, mkv, ...)."""
+    shots = shots or [synth.Shot("astronaut", 130, pan=(2, 0)), synth.Shot("coffee", 220, pan=(0, 1)),
+                      synth.Shot("chelsea", 70, pan=(-2, 0))]
+    assert sum(s.frames for s in shots) == sum(n for n, _ in runs), "shots and runs must hold as many frames"
+    source = os.path.splitext(path)[0] + "_cfr.mp4"
+    truth = synth.make_video(source, shots, size=(160, 96), fps=30, crf=8)
+    expr, first = "0", 0  # built from the last run backwards: if(lt(N,end), start + (N - first) * step, ...)
+    starts, t = [], 0
+    for frames, rate in runs:
+        starts.append((first, first + frames, t, VFR_TICKS // rate))
+        first, t = first + frames, t + frames * (VFR_TICKS // rate)
+    for lo, hi, t0, step in reversed(starts):
+        expr = f"if(lt(N,{hi}),{t0}+(N-{lo})*{step},{expr})"
+    _run("-i", source, "-vf", f"settb=1/{VFR_TICKS},setpts='{expr}'", "-enc_time_base", f"1/{VFR_TICKS}",
+         "-fps_mode", "vfr", "-c:v", "libx264", "-crf", "8", "-preset", "veryfast", path)
+    return VfrTruth(path, source, truth.cuts, vfr_times(runs))

@@ -119,7 +119,7 @@ def make_hostile(folder: str, outside: str) -> dict[str, str]:
         made[case] = _video(p("names", name), synth.PHOTOS[4 + i], synth.PHOTOS[9 + i])
     shutil.copy(made["good"], os.fsencode(p("names")) + b"/" + LATIN1)
     # metadata lies
-    src, mkv = _video(p("src.mp4"), "moon", "horse"), p("src.mkv")
+    src, mkv = _video(p("src.mp4"), "moon", "coffee"), p("src.mkv")
     subprocess.run([_ffmpeg(), "-v", "error", "-i", src, "-c", "copy", mkv], check=True)
     made["frames_1e9"] = p("lies", "frames_1e9.mp4")
     mp4_claiming_frames(src, made["frames_1e9"])
@@ -378,7 +378,7 @@ def test_metadata_lies_stay_bounded_in_memory(tmp_path):
     space: each ends as its row, peak RSS under 2 GiB (about 0.2 GiB is seen), within the timeout. (Before,
     decord took the Matroska claim and died of std::bad_alloc: in the pipeline a lost worker.)"""
     made = {"good": _video(str(tmp_path / "good.mp4"))}
-    src, mkv = _video(str(tmp_path / "src.mp4"), "moon", "horse"), str(tmp_path / "src.mkv")
+    src, mkv = _video(str(tmp_path / "src.mp4"), "moon", "coffee"), str(tmp_path / "src.mkv")
     subprocess.run([_ffmpeg(), "-v", "error", "-i", src, "-c", "copy", mkv], check=True)
     made["frames_1e9"], made["duration_1e9"] = str(tmp_path / "f.mp4"), str(tmp_path / "d.mkv")
     mp4_claiming_frames(src, made["frames_1e9"])

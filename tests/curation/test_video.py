@@ -7,7 +7,7 @@ import pytest
 
 from curation import synth
 from curation.errors import VideoError
-from curation.video import VideoReader, fit_size, probe
+from curation.video import VideoInfo, VideoReader, fit_size, probe
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,15 @@ def test_probe_reports_stream_facts(clip):
     assert info.frame_count == 70
     assert info.duration_s == pytest.approx(70 / 25, abs=0.05)
     assert info.size_bytes > 0 and not info.has_audio
+    assert info.vfr is False  # one frame interval throughout (tests/curation/test_vfr.py: the other kind)
+
+
+def test_info_from_a_row_keeps_vfr(clip):
+    info = probe(clip.path)
+    row = {"uri": info.path, **{k: v for k, v in info.as_dict().items() if k not in ("path", "notes")}}
+    assert VideoInfo.from_row(row) == info
+    assert VideoInfo.from_row({**row, "vfr": True}).vfr is True
+    assert VideoInfo.from_row({k: v for k, v in row.items() if k != "vfr"}).vfr is None  # an older lake: unknown
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
