@@ -21,3 +21,16 @@ def _seeded_single_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+def wait_for_checkpoint(proc, out, at_least: int = 3, timeout: float = 120.0) -> None:
+    """Wait until the run writing `out` (a subprocess, still running) has checkpointed `at_least` steps."""
+    import time
+
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.is_file() and int(latest.read_text().split("-")[1]) >= at_least:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]

@@ -20,6 +20,7 @@ import yaml
 
 from curation import synth
 from curation.lake import Lake
+from tests.training.conftest import wait_for_checkpoint
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.curriculum import load_curriculum, train_curriculum
 from training.trainer import read_losses
@@ -124,13 +125,8 @@ def test_sigkill_then_resume_repeats_the_losses_bit_for_bit(world, tmp_path):
     proc = subprocess.Popen(_cli(world, out, "--loader-workers", "2"), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     latest = out / "checkpoints" / "latest"
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if latest.is_file() and int(latest.read_text().split("-")[1]) >= 3:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        wait_for_checkpoint(proc, out)
         children = _descendants(proc.pid)
         assert len(children) >= 3  # the fork server and the 2 decode workers
         os.kill(proc.pid, signal.SIGKILL)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from curation.cli import main as cli_main
 from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.video import VideoReader
+from tests.training.conftest import wait_for_checkpoint
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_weights
 from training.config import get_preset
 from training.curriculum import load_vae
@@ -263,13 +263,8 @@ def test_sigkill_then_resume_repeats_the_loss_log(tier, tmp_path):
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     latest = out / "checkpoints" / "latest"
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if latest.is_file() and int(latest.read_text().split("-")[1]) >= 3:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        wait_for_checkpoint(proc, out)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
