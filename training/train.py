@@ -169,7 +169,8 @@ def accumulated_step(
     ``total`` is the number of samples in the step over all micro-batches and all ``world`` ranks. Each
     micro-batch backpropagates sum(per-sample loss) * world / total, so after DDP averages gradients over
     the ranks the update is that of the mean loss over all ``total`` samples — whatever the split, even
-    uneven. Gradients are synchronised once, on the last micro-batch (DDP ``no_sync`` before it).
+    uneven. Gradients are synchronised once, on the last micro-batch (DDP ``no_sync`` before it, FSDP2
+    ``set_requires_gradient_sync(False)``).
 
     Returns the step's mean loss over all ranks, the gradient norm before clipping and the learning rate.
     """
@@ -180,6 +181,8 @@ def accumulated_step(
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once, on the last micro-batch
+            model.set_requires_gradient_sync(last)
         with sync:
             device = mb.latents.device
             u, t, x0 = sample_draws(flow, mb.keys, mb.latents.shape[1:], device, mb.latents.dtype)
