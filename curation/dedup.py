@@ -155,7 +155,7 @@ class DedupStep(Step):
         timings["group"] = time.perf_counter() - t
         t = time.perf_counter()
         if first:
-            written = write_all(lake, ds, p, decided)
+            written = write_all(lake, ds, p, decided, n)
         else:
             written = write_changes(lake, p, decided.filter(pa.array(changed)))
         self.record(lake)
@@ -269,8 +269,6 @@ def bucket_model(lake: Lake, ds, p: DedupParams, n: int, dim: int, full: bool) -
 
 def train_task(uri: str, version: int, column: str, sample_rows: int, n: int, bucket_rows: int, block_rows: int,
                seed: int, info: dict) -> BucketModel:
-    import lance
-
     sample = sample_fragments(lance.dataset(uri, version=version), column, sample_rows, block_rows, np.float16)
     return train_model(sample, n, bucket_rows, seed, info)
 
@@ -373,17 +371,19 @@ def decide(meta: dict, comp: np.ndarray, keep_by: tuple[str, ...]) -> tuple[pa.T
 
 
 # ---- writing ------------------------------------------------------------------------------------------
-def write_all(lake: Lake, ds, p: DedupParams, decided: pa.Table) -> int:
+def write_all(lake: Lake, ds, p: DedupParams, decided: pa.Table, n: int) -> int:
     """First (or full) run: the dup columns of every row as new column files, computed fragment by fragment
     from clip_id and row id — the decided rows take their decision, every other row with an embedding is
-    its own group — so no row is rewritten and the driver holds only the decided rows."""
-    rowids = decided.column("_rowid").to_numpy()
-    order = np.argsort(rowids)
-    rowids = rowids[order]
+    its own group — so no row is rewritten and the driver holds only the decided rows. `n`: rows with an
+    embedding (the rest stay null; they are looked up only when there are any)."""
+    order = np.argsort(decided.column("_rowid").to_numpy())
+    rowids = decided.column("_rowid").to_numpy()[order]
     group, is_dup, dup_of = (decided.column(c).take(pa.array(order)).combine_chunks() for c in OUTPUT_COLUMNS)
     is_dup = is_dup.to_numpy(zero_copy_only=False)
-    no_vec = ds.to_table(columns=[KEY], filter=f"{quote(p.column)} IS NULL", with_row_id=True)
-    no_vec = np.sort(no_vec.column("_rowid").to_numpy())
+    no_vec = np.zeros(0, np.uint64)
+    if ds.count_rows() > n:  # reading the embedding column's validity costs a scan: only when needed
+        no_vec = ds.to_table(columns=[KEY], filter=f"{quote(p.column)} IS NULL", with_row_id=True)
+        no_vec = np.sort(no_vec.column("_rowid").to_numpy())
     schema = pa.schema([("dup_group", pa.string()), ("is_duplicate", pa.bool_()), ("dup_of", pa.string())])
 
     def member(rid: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -392,23 +392,21 @@ def write_all(lake: Lake, ds, p: DedupParams, decided: pa.Table) -> int:
 
     @lance.batch_udf(output_schema=schema)
     def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
-        rid = batch.column("_rowid").to_numpy()
+        rid, ids = batch.column("_rowid").to_numpy(), batch.column(KEY)
+        g, dup, of = ids, pa.array(np.zeros(len(rid), bool)), pa.nulls(len(rid), pa.string())  # singletons
         pos, hit = member(rid, rowids)
+        if hit.any():
+            at, where = pa.array(pos), pa.array(hit)
+            g, dup, of = (pc.if_else(where, group.take(at), g), pa.array(hit & is_dup[pos]),
+                          pc.if_else(where, dup_of.take(at), of))
         _, empty = member(rid, no_vec)
-        hit_a, pos_a = pa.array(hit), pa.array(pos)
-        ids = batch.column(KEY)
-        g = pc.if_else(hit_a, group.take(pos_a) if len(rowids) else ids, ids)
-        of = pc.if_else(hit_a, dup_of.take(pos_a) if len(rowids) else pa.nulls(len(rid), pa.string()),
-                        pa.scalar(None, pa.string()))
-        dup = pa.array(hit & is_dup[pos] if len(rowids) else np.zeros(len(rid), bool))
         if empty.any():  # no embedding: left null, not checked
-            null = pa.array(empty)
-            g, dup, of = (pc.if_else(null, pa.scalar(None, v.type), v) for v in (g, dup, of))
+            g, dup, of = (pc.if_else(pa.array(empty), pa.scalar(None, v.type), v) for v in (g, dup, of))
         return pa.record_batch([g, dup, of], schema=schema)
 
     lake.add_computed_columns(TABLE, fill, read_columns=[KEY, "_rowid"], replace=list(OUTPUT_COLUMNS),
                               batch_size=p.block_rows * 4)
-    return ds.count_rows() - len(no_vec)
+    return n
 
 
 def write_changes(lake: Lake, p: DedupParams, changed: pa.Table) -> int:
