@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import uuid
 from typing import Any
 
 import duckdb
@@ -115,7 +116,7 @@ def top_k(con: duckdb.DuckDBPyConnection, text: str) -> str:
         if len(values) < n + offset or values[-1] is None:  # fewer rows than k: nothing to cut
             return text
         op = ">=" if order["type"] == "DESCENDING" else "<="
-        view = f"{_VIEW}_{len(con.execute('select * from duckdb_views() where temporary').fetchall())}"
+        view = f"{_VIEW}_{uuid.uuid4().hex[:12]}"
         con.execute(f"create temp view {quote_ident(view)} as select * from {quote_ident(name)} "
                     f"where {quote_ident(column)} {op} {_literal(values[-1], type_name)}")
         table["table_name"], table["alias"] = view, table.get("alias") or name
