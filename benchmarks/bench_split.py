@@ -96,10 +96,6 @@ def peer_cli(path: str, out: str, detector: str = "detect-content") -> list[int]
     return [int(r[1]) - 1 for r in rows[1:]]  # "Start Frame" is 1-based in the CSV
 
 
-KIND = {"dissolve": "dissolve", "fade_black": "fade", "fade_white": "fade", "wipe": "wipe", "circle": "wipe",
-        "slide": "slide"}  # fixture join -> the kind the gradual detector reports
-
-
 def cpu_seconds() -> float:
     """CPU time of this process (all its threads) and of its finished children (the scenedetect CLI): what
     a tool costs, whatever else runs on the machine."""

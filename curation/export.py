@@ -277,8 +277,9 @@ def _cut_video(uri: str, cuts: list[_Cut], work: str) -> Iterator[tuple[_Cut, st
                 start_s = None if times is None else times.seconds(cuts[nxt].row["start_frame"])
                 active.append((cuts[nxt], _Encoder(path, cuts[nxt].width, cuts[nxt].height, info.fps, start_s)))
                 nxt += 1
+            at_s = None if times is None else times.seconds(index)  # once a frame, for every clip holding it
             for cut, enc in active:
-                enc.add(cut.picture(frame), None if times is None else times.seconds(index))
+                enc.add(cut.picture(frame), at_s)
             for cut, enc in [a for a in active if index + 1 >= a[0].row["end_frame"]]:
                 path = enc.close()
                 active = [a for a in active if a[1] is not enc]

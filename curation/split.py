@@ -282,7 +282,7 @@ class SplitStage(Stage):
         spans = make_clips(found.shots(), fps, found.sharpness, self.params, times)
         if not spans:
             why = VideoError(f"no shot of at least min_clip_s={self.params.min_clip_s}s "
-                             f"({n} frames, {n / fps:.2f}s, {len(cuts)} cuts)", kind="too_short")
+                             f"({n} frames, {video['duration_s']:.2f}s, {len(cuts)} cuts)", kind="too_short")
             return [{**video, "status": "no_clips", "error": str(why), "n_clips": 0,
                      "failures": [*warnings, failure(self.name, why)]}]
         # Video-level failures travel on the first clip row only, so they are written once.

@@ -295,11 +295,11 @@ def make_edit(path: str | os.PathLike, shots: list[Shot], joins: list[Join],
     for i, (r, a, b) in enumerate(zip(rendered, lead, tail)):
         if len(r) <= a + b:
             raise ValueError(f"make_edit: shot {i} has {len(r)} frames, its transitions take {a + b}")
-    wanted = {}
+    wanted: set[tuple[int, int]] = set()
     for si, offset, length in flashes:
         if not (lead[si] < offset and offset + length <= len(rendered[si]) - tail[si]):
             raise ValueError(f"make_edit: flash at frame {offset} of shot {si} is not inside its pure part")
-        wanted.update({(si, offset + k): True for k in range(length)})
+        wanted.update((si, offset + k) for k in range(length))
     frames: list[np.ndarray] = []
     cuts, spans, flash_spans = [], [], []
     for i, r in enumerate(rendered):

@@ -100,7 +100,7 @@ class Timeline:
         return 0.0 if self.pts is None else self.seconds(len(self.pts) - 1)
 
 
-def is_variable(pts: np.ndarray, time_base: Fraction, tolerance: float = RATE_TOLERANCE) -> bool:
+def is_variable(pts: np.ndarray, tolerance: float = RATE_TOLERANCE) -> bool:
     """Whether ascending frame timestamps `pts` (ticks) step at more than one rate: some interval differs
     from the typical one by more than `tolerance` of it and more than a tick of rounding."""
     if len(pts) < 3:

@@ -293,7 +293,7 @@ def probe(path: str | os.PathLike, since: tuple[int, int] | None = None) -> Vide
             raise VideoError(f"no usable frame rate ({rate}): {path}", kind="unreadable")
         duration, frames = _duration_s(container, stream), int(stream.frames or 0)
         timeline = _scan(path, st.st_size, st.st_mtime_ns)
-        vfr = timeline is not None and is_variable(timeline.pts[:-1], timeline.time_base)
+        vfr = timeline is not None and is_variable(timeline.pts[:-1])
         if vfr:  # the container's rate is one of several (Matroska states none): the frames tell
             frames, duration, fps = timeline.frames, timeline.duration_s(), timeline.fps
         frames, duration, notes = _plausible_length(frames, duration, fps, size)
