@@ -18,7 +18,6 @@ from curation.lake import Lake
 from curation.pipeline import find_yaml
 from training.config import get_preset
 from training.data import BucketConfig
-from training.text_encoder import build_text_encoder
 from training.vae import CausalVAE
 
 
@@ -91,11 +90,6 @@ def load_vae(preset_vae, vae: str) -> CausalVAE:
         raise ConfigError(f"--vae {vae!r}: the weights do not fit a CausalVAE of shape {config}: "
                           f"{str(exc)[:300]}") from exc
     return model.eval().requires_grad_(False)
-
-
-def load_text_encoder(name, dim: int):
-    """The frozen text encoder of a setting (see `training.text_encoder.build_text_encoder`)."""
-    return build_text_encoder(name, dim)
 
 
 def train_curriculum(lake: Lake | str, plan: Curriculum, vae: str, out: str, text_encoder: str | dict | None = None,

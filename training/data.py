@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from captioner.synth import synthesize
 from curation.lake import Lake
 from curation.video import VideoInfo, VideoReader, probe
+from curation.writer import quoted
 
 TIER_COLUMNS = ("clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height")
 OPTIONAL_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1", "sample_weight", "caption", "caption_status",
@@ -129,9 +130,9 @@ def _captions_from_clips(lake: Lake, clip_ids: list[str], chunk: int = 512) -> d
         return {}
     found: dict[str, tuple[str, str]] = {}
     for i in range(0, len(clip_ids), chunk):
-        ids = ", ".join("'" + c.replace("'", "''") + "'" for c in clip_ids[i:i + chunk])
         part = clips.to_table(columns=["clip_id", "caption"],
-                              filter=f"caption_status = 'ok' AND clip_id IN ({ids})").to_pylist()
+                              filter=f"caption_status = 'ok' AND clip_id IN ({quoted(clip_ids[i:i + chunk])})"
+                              ).to_pylist()
         found.update({r["clip_id"]: (r["caption"], "ok") for r in part if r["caption"]})
     return found
 
@@ -281,12 +282,22 @@ def decode_clip(ref: ClipRef, bucket: Bucket, stride: int = 1) -> torch.Tensor:
     """(3, T, H, W) float in [-1, 1]: T frames from the clip's start at `stride`, cropped to the crop
     suggestion, scaled to cover the bucket size and centre-cropped to it."""
     idx = [min(ref.start + i * stride, ref.end - 1) for i in range(bucket.frames)]
-    frames = VideoReader(ref.uri, info=_probe(ref.uri)).read(idx)
+    frames = read_frames(ref.uri, idx)
     x0, y0, x1, y1 = ref.crop
     out = np.empty((bucket.frames, bucket.height, bucket.width, 3), np.uint8)
     for i, f in enumerate(frames):
         out[i] = cover_resize(f[y0:y1, x0:x1], bucket.height, bucket.width)
-    return torch.from_numpy(out).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+    return video_tensor(out)
+
+
+def read_frames(uri: str, idx: list[int]):
+    """Frames `idx` of the source `uri` (its probe cached per process)."""
+    return VideoReader(uri, info=_probe(uri)).read(idx)
+
+
+def video_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames as a (3, T, H, W) float tensor in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -217,6 +217,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from training.config import get_preset
     from training.curriculum import load_curriculum, load_vae
+    from training.trainer import _resolve_device
 
     plan = load_curriculum(args.curriculum)
     preset = get_preset(args.preset or plan.model)
@@ -225,7 +226,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                           "run folder); latents of a random VAE would match no training run")
     configs = tier_configs(plan, args.tier)
     vae = load_vae(preset.vae, args.vae)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _resolve_device(args.device)
     encode_tier(Lake(args.lake, create=False), args.tier, configs, vae, os.path.abspath(args.vae), device,
                 args.workers, args.batch, args.chunk, TileConfig(args.tile) if args.tile else None)
     return 0

@@ -23,8 +23,16 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from curation.errors import ConfigError
-from curation.video import VideoReader
-from training.data import Bucket, BucketConfig, ClipRef, _probe, assign_bucket, cover_resize, decode_clip
+from training.data import (
+    Bucket,
+    BucketConfig,
+    ClipRef,
+    assign_bucket,
+    cover_resize,
+    decode_clip,
+    read_frames,
+    video_tensor,
+)
 
 HOLDOUT_KEY = 2**31 - 2  # the RNG key of the held-out split (no batch index reaches it)
 
@@ -160,13 +168,12 @@ class CropDataset(Dataset):
         ref = self.refs[key.index]
         idx = [key.start + k * key.interval for k in range(key.bucket.frames)]
         try:
-            frames = VideoReader(ref.uri, info=_probe(ref.uri)).read(idx)
+            frames = read_frames(ref.uri, idx)
         except Exception as exc:
             raise RuntimeError(f"train-vae data: clip {ref.clip_id} ({ref.uri}, frames {idx[0]}-{idx[-1]}) did "
                                f"not decode: {exc}") from exc
         crop = random_crop(list(frames), ref.crop, key.bucket.height, key.u_y, key.u_x)
-        video = torch.from_numpy(crop).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
-        return {"video": video, "prompt": "", "key": key}
+        return {"video": video_tensor(crop), "prompt": "", "key": key}
 
 
 def eval_videos(refs: list[ClipRef], size: int, frames: int, multiple: int = 16) -> list[torch.Tensor]:
