@@ -271,11 +271,9 @@ def _run_file(folder: Path) -> dict:
 
 def _vae_config(doc: dict | None, model: str | None) -> VAEConfig:
     if doc:
-        fields = {f.name for f in dataclasses.fields(VAEConfig)}
-        cfg = {k: v for k, v in doc.items() if k in fields}
-        if "block_out_channels" in cfg:
-            cfg["block_out_channels"] = tuple(cfg["block_out_channels"])
-        return VAEConfig(**cfg)
+        from training.vae_export import vae_config_from
+
+        return vae_config_from(doc)
     from training.config import get_preset
 
     if not model:

@@ -69,14 +69,16 @@ def drop_text(
     if p <= 0:
         return cond
     keep = torch.rand(cond.tokens.shape[0], generator=generator) >= p
+    return cond.select(keep, _null_like(cond, uncond))
+
+
+def _null_like(cond: TextCondition, uncond: TextCondition | None) -> TextCondition:
+    """``uncond`` (default ``cond.null()``) expanded to ``cond``'s batch."""
     null = uncond if uncond is not None else cond.null()
     if null.tokens.shape[0] != cond.tokens.shape[0]:
-        null = TextCondition(
-            null.tokens.expand_as(cond.tokens),
-            null.mask.expand_as(cond.mask),
-            null.pooled.expand_as(cond.pooled),
-        )
-    return cond.select(keep, null)
+        null = TextCondition(null.tokens.expand_as(cond.tokens), null.mask.expand_as(cond.mask),
+                             null.pooled.expand_as(cond.pooled))
+    return null
 
 
 def train_step(
@@ -144,14 +146,6 @@ class MicroBatch:
     keys: list[tuple[int, ...]]
 
 
-def _null_like(cond: TextCondition, uncond: TextCondition | None) -> TextCondition:
-    null = uncond if uncond is not None else cond.null()
-    if null.tokens.shape[0] != cond.tokens.shape[0]:
-        null = TextCondition(null.tokens.expand_as(cond.tokens), null.mask.expand_as(cond.mask),
-                             null.pooled.expand_as(cond.pooled))
-    return null
-
-
 def accumulated_step(
     model: nn.Module,
     flow: FlowMatching,
@@ -162,7 +156,6 @@ def accumulated_step(
     total: int,
     world: int = 1,
     uncond: TextCondition | None = None,
-    bf16: bool | None = None,
 ) -> dict[str, float]:
     """One optimiser step over ``micro_batches`` (gradient accumulation) on this rank.
 
@@ -176,7 +169,6 @@ def accumulated_step(
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    use_bf16 = cfg.bf16 if bf16 is None else bf16
     loss_sum = None
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -189,7 +181,7 @@ def accumulated_step(
             cond = mb.cond
             if cfg.text_dropout > 0:
                 cond = cond.select(u >= cfg.text_dropout, _null_like(cond, uncond))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 per_sample = flow.loss(model, mb.latents, cond, x0=x0, t=t, reduction="none")
             (per_sample.sum() * (world / total)).backward()
             part = per_sample.detach().sum()

@@ -195,10 +195,6 @@ def _truncate_losses(out: str, global_step: int) -> None:
     os.replace(tmp, Path(out) / "losses.jsonl")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -215,14 +211,20 @@ def _encode(vae: nn.Module, text: nn.Module, batch: dict, device: torch.device, 
     return draw_latents(mean, std, sample_keys, vae.config.scaling_factor), cond.to(device, torch.float32)
 
 
-def _eval_loss(dit: nn.Module, vae, text, flow: FlowMatching, dataset: TierDataset, sampler: BucketBatchSampler,
-               seed: int, phase: int, device: torch.device, bf16: bool) -> float:
-    """Flow loss of `dit` on a fixed batch (the phase's first global batch) with fixed draws, no text dropout."""
+def _eval_batch(vae, text, flow: FlowMatching, dataset: TierDataset, sampler: BucketBatchSampler, seed: int,
+                phase: int, device: torch.device, bf16: bool) -> tuple:
+    """The fixed evaluation batch (the phase's first global batch) with fixed draws: (latents, cond, t, x0)."""
     bucket, members = sampler.draw(0, 0)
     items = [dataset[SampleKey(i, bucket, seed, 0, 0, j, len(members))] for j, i in enumerate(members)]
     latents, cond = _encode(vae, text, collate_batch(items), device, bf16)
     keys = [(seed, phase, EVAL_EPOCH, 0, j) for j in range(len(items))]
     _, t, x0 = sample_draws(flow, keys, latents.shape[1:], device)
+    return latents, cond, t, x0
+
+
+def _eval_loss(dit: nn.Module, flow: FlowMatching, batch: tuple, device: torch.device, bf16: bool) -> float:
+    """Flow loss of `dit` on the `_eval_batch` (no text dropout)."""
+    latents, cond, t, x0 = batch
     was_training = dit.training
     dit.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -328,7 +330,7 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
                         micro.append(MicroBatch(latents, cond, rng_keys))
                         total += keys[0].size
                         last = keys[-1]
-                    stats = accumulated_step(model, flow, opt, sched, micro, tcfg, total, world, bf16=bf16)
+                    stats = accumulated_step(model, flow, opt, sched, micro, tcfg, total, world)
                     global_step += 1
                     if ema is not None:
                         ema.update(dit)
@@ -359,9 +361,10 @@ def train_loop(job: Job, rank: int = 0, world: int = 1, device: torch.device | N
                 # rank 0 evaluates and samples alone: under FSDP on an unsharded copy
                 eval_dit, eval_ema = _unsharded(dit_cfg, weights, ema_weights, cfg.ema_decay, device) if sharded \
                     else (dit, ema)
+                eval_batch = _eval_batch(vae, text, flow, dataset, sampler, job.seed, pi, device, bf16)
                 with eval_ema.applied(eval_dit):
-                    ema_loss = _eval_loss(eval_dit, vae, text, flow, dataset, sampler, job.seed, pi, device, bf16)
-                raw_loss = _eval_loss(eval_dit, vae, text, flow, dataset, sampler, job.seed, pi, device, bf16)
+                    ema_loss = _eval_loss(eval_dit, flow, eval_batch, device, bf16)
+                raw_loss = _eval_loss(eval_dit, flow, eval_batch, device, bf16)
                 if cfg.samples.count:
                     shape = sampler.draw(0, 0)[0]  # the eval batch's bucket: a shape the phase trains on
                     prompts = phase_prompts(cfg.samples, refs, job.seed)
