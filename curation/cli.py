@@ -26,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = run_pipeline(args.pipeline, args.input, args.lake, overrides=args.set or [],
                            address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
-                           retry_failed=args.retry_failed,
+                           retry_failed=args.retry_failed, executor=args.executor,
                            extensions=args.ext.split(",") if args.ext else None)
     print("\n".join(summary.lines()))
     return 0
@@ -52,7 +52,8 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     from curation.redrive import redrive
 
     summary = redrive(args.lake, stage=args.stage, kind=args.kind, pipeline=args.pipeline, overrides=args.set or [],
-                      address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+                      address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                      executor=args.executor)
     print("\n".join(summary.lines()))
     return 0
 
@@ -119,6 +120,15 @@ def plugin_commands() -> list:
     return [ep.load() for ep in sorted(entry_points(group="videocurate.commands"), key=lambda e: e.name)]
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="join the Ray cluster at this address (`auto`: a running local one); "
+                   "the stages then run on Ray")
+    p.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
+                   help="what runs the streaming stages: `local` worker processes on this machine, or `ray` "
+                   "(embedded unless --address). auto: Ray with --address, RAY_ADDRESS or a GPU stage, else local")
+    p.add_argument("--num-cpus", type=int, help="CPUs to use on this machine (default: all it may use)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videocurate", description="Video data curation: split, score, dedupe, "
                                 "caption and tier video clips into a Lance lake queried with DuckDB.")
@@ -131,8 +141,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--lake", "-l", required=True, help="lake directory (created if missing)")
     r.add_argument("--set", "-s", action="append", metavar="STAGE.PARAM=VALUE",
                    help="override a stage parameter (VALUE is YAML), e.g. split.min_clip_s=3")
-    r.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
-    r.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    _executor_args(r)
     r.add_argument("--ext", help="only inputs with these extensions, e.g. mp4,mkv,webm (default: all files)")
     r.add_argument("--retry-failed", action="store_true", help="process inputs that failed before again")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -180,8 +189,7 @@ def parser() -> argparse.ArgumentParser:
     rd.add_argument("--kind", help="only failures of this kind (e.g. decode_error, server_error)")
     rd.add_argument("--pipeline", help="pipeline to rerun with (default: the one the lake's last run recorded)")
     rd.add_argument("--set", "-s", action="append", metavar="STAGE.PARAM=VALUE", help="override a parameter")
-    rd.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
-    rd.add_argument("--num-cpus", type=int)
+    _executor_args(rd)
     rd.add_argument("--no-progress", action="store_true")
     rd.set_defaults(func=cmd_redrive)
 

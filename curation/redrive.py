@@ -53,7 +53,7 @@ def _pipeline(lake: Lake, pipeline: str | None, overrides: list[str]) -> Pipelin
 
 def redrive(lake: Lake | str, stage: str | None = None, kind: str | None = None, pipeline: str | None = None,
             overrides: list[str] = (), address: str | None = None, num_cpus: int | None = None,
-            progress: bool = True) -> RedriveSummary:
+            progress: bool = True, executor: str = "auto") -> RedriveSummary:
     lake = lake if isinstance(lake, Lake) else Lake(lake, create=False)
     summary = RedriveSummary()
     if not lake.exists("failures"):
@@ -70,22 +70,21 @@ def redrive(lake: Lake | str, stage: str | None = None, kind: str | None = None,
     start = dt.datetime.now(dt.timezone.utc)
     uris = sorted({r["uri"] for r in rows if r["clip_id"] is None})
     if uris:
-        run_pipeline(pipe, uris, lake, address=address, num_cpus=num_cpus, progress=progress, retry_failed=True)
+        run_pipeline(pipe, uris, lake, address=address, num_cpus=num_cpus, progress=progress, retry_failed=True,
+                     executor=executor)
         summary.inputs = len(uris)
     by_stage: dict[str, set[str]] = {}
     for r in rows:
         if r["clip_id"] is not None:
             by_stage.setdefault(r["stage"], set()).add(r["clip_id"])
     if by_stage:
-        _retry_clips(lake, pipe, by_stage, summary, progress, address, num_cpus)
+        _retry_clips(lake, pipe, by_stage, summary, progress, address, num_cpus, executor)
     _resolve(lake, where, start, summary)
     return summary
 
 
 def _retry_clips(lake: Lake, pipe: Pipeline, by_stage: dict[str, set[str]], summary: RedriveSummary,
-                 progress: bool, address: str | None, num_cpus: int | None) -> None:
-    from curation.runner import init_ray
-
+                 progress: bool, address: str | None, num_cpus: int | None, executor: str) -> None:
     built = {b.name: b for b in pipe.build(available=lake.dataset("clips").schema.names)}
     for name, ids in sorted(by_stage.items()):
         entry = built.get(name)
@@ -96,10 +95,10 @@ def _retry_clips(lake: Lake, pipe: Pipeline, by_stage: dict[str, set[str]], summ
         if isinstance(entry, Step):
             entry.run(lake)
         elif isinstance(entry, Stage):
-            init_ray(address, num_cpus)
             ordered = sorted(ids)
             for i in range(0, len(ordered), 500):
-                rescore_existing(lake, [entry], set(), progress, where=f"clip_id IN ({quoted(ordered[i:i + 500])})")
+                rescore_existing(lake, [entry], set(), progress, where=f"clip_id IN ({quoted(ordered[i:i + 500])})",
+                                 executor=executor, address=address, num_cpus=num_cpus)
         summary.clips[name] = len(ids)
 
 

@@ -153,6 +153,50 @@ def _call(stage: Stage, batch: pa.Table) -> pa.Table:
     return stage(batch)
 
 
+EXECUTORS = ("auto", "local", "ray")
+
+
+def choose_executor(name: str, stages: list[Stage], address: str | None = None) -> str:
+    """`auto`: Ray when the run joins a cluster (`address`, RAY_ADDRESS), when this process already runs
+    Ray, or when a stage needs a GPU; otherwise the local executor (curation.local), which spares a run
+    on one machine Ray's start-up."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{name}'; choose from {', '.join(EXECUTORS)}")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if name == "local" and address:
+        raise ConfigError(f"--executor local runs on this machine only; joining the cluster at {address} needs Ray "
+                          "(--executor ray or auto)")
+    if name != "auto":
+        return name
+    ray = sys.modules.get("ray")
+    if address or (ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()):
+        return "ray"
+    return "ray" if any(s.resources.num_gpus for s in stages) else "local"
+
+
+class RayExecutor:
+    """The Ray Data plan of `stages` (build_plan) on the embedded Ray or the cluster at `address`."""
+
+    def __init__(self, stages: list[Stage], address: str | None = None, num_cpus: int | None = None):
+        init_ray(address, num_cpus)
+        check_cluster(stages)
+        self.stages = stages
+        self.lost: list = []  # Ray drops a lost block (see build_plan); _finish finds its videos missing
+
+    def map(self, blocks: list[pa.Table]) -> Iterable[pa.Table]:
+        yield from build_plan(self.stages, blocks).iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def open_executor(stages: list[Stage], name: str = "auto", address: str | None = None,
+                  num_cpus: int | None = None):
+    """What runs the streaming stages: a RayExecutor or a LocalExecutor (same `map(blocks)` and `lost`)."""
+    if choose_executor(name, stages, address) == "ray":
+        return RayExecutor(stages, address, num_cpus)
+    from curation.local import LocalExecutor
+
+    return LocalExecutor(stages, cpus=num_cpus)
+
+
 def build_plan(stages: list[Stage], blocks: list[pa.Table]):
     """Ray Data plan: from the input blocks through every stage, with each stage's resources."""
     import ray
@@ -296,8 +340,9 @@ def forget_failed(lake: Lake, uris: list[str]) -> None:
 def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: str | Lake,
                  overrides: Iterable[str] = (), address: str | None = None, num_cpus: int | None = None,
                  progress: bool = True, retry_failed: bool = False,
-                 extensions: Iterable[str] | None = None) -> RunSummary:
-    """Run a pipeline over input paths into a lake. Completed inputs of earlier runs are skipped."""
+                 extensions: Iterable[str] | None = None, executor: str = "auto") -> RunSummary:
+    """Run a pipeline over input paths into a lake. Completed inputs of earlier runs are skipped.
+    `executor`: auto, local or ray (choose_executor)."""
     from curation.lake import Lake
     from curation.pipeline import Pipeline, load_pipeline
     from curation.scoring import fuse
@@ -327,27 +372,26 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
     fields = output_fields(stages)
     stale = [b for b in built if isinstance(b, Stage) and b.recorded_columns() and lake.exists("clips")
              and b.is_stale(lake)]
-    if todo or stale:
-        init_ray(address, num_cpus)
-        check_cluster(stages)
+    kind = choose_executor(executor, stages, address)  # checked before any work
     if todo:
         writer = LakeWriter(lake, fields, commit_every=pipe.commit_every, attempts=state.attempts,
                             known_ids=state.known_ids)
         per_block = max(1, -(-len(todo) // 4000))  # one video per task until the plan gets too long
-        ds = build_plan(stages, input_blocks(todo, row_schema(fields), per_block))
+        runner = open_executor(stages, kind, address, num_cpus)
         bar = _progress(len(todo), progress)
         try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in runner.map(input_blocks(todo, row_schema(fields), per_block)):
                 for row in batch.to_pylist():
                     if writer.add(row):
                         bar.update(1)
-            _finish(writer, todo)
+            _finish(writer, todo, runner.lost)
         finally:
             writer.commit()
             bar.close()
         summary.stats = writer.stats
     if stale:
-        summary.steps["rescore"] = rescore_existing(lake, stale, {f.uri for f in todo}, progress)
+        summary.steps["rescore"] = rescore_existing(lake, stale, {f.uri for f in todo}, progress,
+                                                    executor=kind, address=address, num_cpus=num_cpus)
     if todo or stale:
         with lake.lock():
             lake.record_producers("clips", {f.name: _producer(f) for f in fields})
@@ -369,9 +413,11 @@ def _producer(f: pa.Field) -> dict:
 
 
 def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progress: bool,
-                     where: str | None = None) -> dict:
+                     where: str | None = None, executor: str = "auto", address: str | None = None,
+                     num_cpus: int | None = None) -> dict:
     """Run `stages` (those whose columns are stale) over the clips already in the lake (except those of
-    `skip_uris`, just written; only those matching `where` when given) and set their columns in place."""
+    `skip_uris`, just written; only those matching `where` when given) and set their columns in place.
+    Clips of a block the executor gave up on become failure rows."""
     import pyarrow.compute as pc
 
     from curation.scoring import fuse
@@ -398,7 +444,8 @@ def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progr
     names = ["clip_id", *(f.name for f in fields)]
     done, failed, pending = 0, 0, []
     bar = _progress(sum(b.num_rows for b in blocks), progress, unit="clip", desc="rescoring")
-    for batch in build_plan(fused, blocks).iter_batches(batch_format="pyarrow", batch_size=256):
+    runner = open_executor(fused, executor, address, num_cpus)
+    for batch in runner.map(blocks):
         pending.append(batch.select(names))
         items = failure_rows(batch.select(["uri", "video_id", "failures"]).to_pylist())
         if items:
@@ -410,6 +457,12 @@ def rescore_existing(lake: Lake, stages: list[Stage], skip_uris: set[str], progr
             pending = []
     done += _merge(lake, pending)
     bar.close()
+    for gone in runner.lost:
+        rows = [{**r, "failures": [{"stage": "runner", "kind": gone.kind, "message": gone.message,
+                                    "clip_id": r["clip_id"]}]}
+                for r in gone.block.select(["uri", "video_id", "clip_id"]).to_pylist()]
+        lake.append("failures", rows_to_table(failure_rows(rows), FAILURES_SCHEMA))
+        failed += len(rows)
     return {"stages": [s.name for s in stages], "clips": done, "clip_failures": failed}
 
 
@@ -422,13 +475,15 @@ def _merge(lake: Lake, parts: list[pa.Table]) -> int:
     return table.num_rows
 
 
-def _finish(writer: LakeWriter, todo: list[InputFile]) -> None:
-    """Inputs whose rows never all arrived (a worker died) become failure rows, never silence."""
+def _finish(writer: LakeWriter, todo: list[InputFile], lost: Iterable = ()) -> None:
+    """Inputs whose rows never all arrived (a worker died) become failure rows, never silence; `lost`:
+    the blocks the executor gave up on, with their failure kind and message."""
+    why = {uri: (g.kind, g.message) for g in lost for uri in g.block.column("uri").to_pylist()}
     for uri in writer.pending_uris():
-        writer.fail(uri, "worker_lost", "a worker died before all of this video's clips arrived")
+        writer.fail(uri, *why.get(uri, ("worker_lost", "a worker died before all of this video's clips arrived")))
     for f in todo:
         if f.uri not in writer.seen:
-            writer.fail(f.uri, "worker_lost", "a worker died while processing this input",
+            writer.fail(f.uri, *why.get(f.uri, ("worker_lost", "a worker died while processing this input")),
                         {"size_bytes": f.size_bytes, "mtime_ns": f.mtime_ns})
 
 

@@ -1,0 +1,241 @@
+"""The local executor: a run on one machine without Ray. The same stages, with the same batches and the
+same failure rules as the Ray plan (curation.runner), run in a few worker processes of this machine: each
+worker takes one input block at a time (one video), passes it through the whole chain of stages (a Ray
+Data plan with every operator fused), and sends the result back. Stateful stages set up once per worker.
+
+Why it exists: on a laptop Ray's fixed cost dominates small runs (measured on 2 cores: `ray.init` 2.1-2.6 s,
+~2 s more to shut down, and ~15 Python processes of its own each importing ray and ray.data, ~10 CPU-s a
+run; benchmarks/RESULTS.md "Whole pipeline vs the scenedetect CLI"). Workers here are forked from the
+driver, so they import nothing: the first frame decodes ~1 s after the process starts.
+
+Failures as in the Ray plan: a block whose worker dies (a decoder segfault, the OOM killer) runs again
+on a fresh worker up to the retries of the stage it died in, then is given up (`lost`, and its videos
+become `worker_lost` rows); an exception a stage lets out is not retried (Ray does not retry application
+errors either) and its videos become failure rows with the exception's message."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+import pyarrow as pa
+
+from curation.errors import ConfigError
+from curation.stage import Stage
+
+
+def machine_cpus() -> int:
+    """CPUs this process may run on (the affinity mask or cgroup-limited set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Lost:
+    """A block given up: its rows, the failure kind (`worker_lost` or `stage_error`) and why."""
+
+    block: pa.Table
+    kind: str
+    message: str
+
+
+def run_chain(stages: list[Stage], block: pa.Table, where=None) -> pa.Table:
+    """One block through every stage, each called on slices of its `batch_size` (the whole block when
+    unset), as Ray Data's map_batches would. `where[0]` is set to the index of the stage running."""
+    for i, s in enumerate(stages):
+        if where is not None:
+            where[0] = i
+        if not block.num_rows:
+            break
+        if s.stateful:
+            s.ensure_setup()
+        size = s.resources.batch_size or block.num_rows
+        parts = [s(block.slice(j, size)) for j in range(0, block.num_rows, size)]
+        block = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
+    return block
+
+
+def _serve(conn, stages: list[Stage] | bytes, where: _Where) -> None:
+    """A worker's loop: (key, block) in, (key, table, None) or (key, None, (stage, error)) out; None or a
+    closed pipe ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
+    if isinstance(stages, bytes):  # spawned, not forked
+        import cloudpickle
+
+        stages = cloudpickle.loads(stages)
+    try:
+        while True:
+            try:
+                job = conn.recv()
+            except (EOFError, OSError):
+                return
+            if job is None:
+                return
+            key, block = job
+            try:
+                out, error = run_chain(stages, block, where), None
+            except Exception as exc:  # noqa: BLE001 - reported to the driver, which writes failure rows
+                out, error = None, (stages[where[0]].name, f"{type(exc).__name__}: {exc}")
+            where[0] = -1
+            conn.send((key, out, error))
+    finally:
+        for s in stages:
+            if s.stateful and s._ready:
+                s.teardown()
+
+
+class _Where:
+    """The stage index a worker is in, readable by the driver after the worker died."""
+
+    def __init__(self, ctx):
+        self.shared = ctx.RawValue("i", -1)
+
+    def __setitem__(self, _i: int, value: int) -> None:
+        self.shared.value = value
+
+    def __getitem__(self, _i: int) -> int:
+        return self.shared.value
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    conn: object
+    where: _Where
+    job: int | None = None
+
+
+@dataclass
+class _Job:
+    key: int
+    block: pa.Table
+    deaths: int = 0
+
+
+@dataclass
+class LocalExecutor:
+    """Runs `stages` over blocks in worker processes: as many as `cpus` (default: the CPUs this process may
+    use) hold workers of the most CPU-hungry stage, and never more than there are blocks."""
+
+    stages: list[Stage]
+    cpus: int | None = None
+    lost: list[Lost] = field(default_factory=list)
+
+    def __post_init__(self):
+        have = self.cpus or machine_cpus()
+        self.check(self.stages, have)
+        per_worker = max([1.0, *(s.resources.num_cpus for s in self.stages)])
+        self.workers = max(1, int(have // per_worker))
+        methods = mp.get_all_start_methods()
+        # fork: workers inherit the stages and every imported module (no pickling, no imports); macOS and
+        # Windows spawn (fork is unsafe there), which needs the stages pickled by value
+        self._ctx = mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+
+    @staticmethod
+    def check(stages: list[Stage], cpus: int) -> None:
+        for s in stages:
+            if s.resources.num_gpus:
+                raise ConfigError(f"stage '{s.name}' asks for GPUs: the local executor runs CPU stages only; "
+                                  "run it on Ray (--executor ray, or --address to join a cluster)")
+            if s.resources.num_cpus > cpus:
+                raise ConfigError(f"stage '{s.name}' asks for {s.resources.num_cpus:g} CPUs per worker but this "
+                                  f"machine has {cpus}; lower its resources.num_cpus or run on a cluster (--address)")
+
+    def _start(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        where = _Where(self._ctx)
+        payload = self.stages
+        if self._ctx.get_start_method() != "fork":
+            import cloudpickle
+
+            payload = cloudpickle.dumps(self.stages)
+        p = self._ctx.Process(target=_serve, args=(child, payload, where), daemon=True,
+                              name="videocurate-worker")
+        p.start()
+        child.close()
+        return _Worker(p, parent, where)
+
+    def map(self, blocks: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Each block's result as it completes (in completion order). Blocks given up land in `lost`."""
+        todo = collections.deque(_Job(i, b) for i, b in enumerate(blocks))
+        jobs = {j.key: j for j in todo}
+        n = min(self.workers, len(todo))
+        pool: list[_Worker] = []
+        try:
+            while todo or any(w.job is not None for w in pool):
+                while todo and (idle := next((w for w in pool if w.job is None), None) or
+                                (self._grow(pool) if len(pool) < n else None)):
+                    job = todo.popleft()
+                    idle.job = job.key
+                    idle.conn.send((job.key, job.block))
+                busy = [w for w in pool if w.job is not None]
+                ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+                for w in busy:
+                    if w.conn not in ready and w.process.sentinel not in ready:
+                        continue
+                    result = self._receive(w)
+                    job = jobs[w.job]
+                    w.job = None
+                    if result is None:  # the worker died with the block
+                        pool.remove(w)
+                        self._died(job, w, todo)
+                        continue
+                    _, out, error = result
+                    if error is None:
+                        yield out
+                    else:
+                        stage, message = error
+                        self.lost.append(Lost(job.block, "stage_error", f"stage '{stage}' raised {message}"[:2000]))
+        finally:
+            for w in pool:
+                self._stop(w)
+
+    def _grow(self, pool: list[_Worker]) -> _Worker:
+        w = self._start()
+        pool.append(w)
+        return w
+
+    @staticmethod
+    def _receive(w: _Worker):
+        try:
+            if w.conn.poll():
+                return w.conn.recv()
+        except (EOFError, OSError):
+            pass
+        if w.process.is_alive():  # the sentinel fired: it is on its way out
+            w.process.join(5)
+        return None
+
+    def _died(self, job: _Job, w: _Worker, todo: collections.deque) -> None:
+        at = w.where[0]
+        stage = self.stages[at] if 0 <= at < len(self.stages) else None
+        job.deaths += 1
+        retries = stage.resources.retries if stage is not None else max(s.resources.retries for s in self.stages)
+        if job.deaths <= retries:
+            todo.appendleft(job)
+            return
+        code = w.process.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        where = f" in stage '{stage.name}'" if stage is not None else ""
+        self.lost.append(Lost(job.block, "worker_lost", f"a worker died{where} while processing this input "
+                                                        f"({how}, {job.deaths} time(s))"))
+
+    @staticmethod
+    def _stop(w: _Worker) -> None:
+        try:
+            w.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        w.process.join(2)
+        if w.process.is_alive():
+            w.process.terminate()
+            w.process.join(2)
+        w.conn.close()

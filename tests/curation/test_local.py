@@ -1,0 +1,183 @@
+"""The local executor (curation.local): the same lake as the Ray plan, its failure rules, and which
+executor a run picks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pytest
+
+from curation.errors import ConfigError
+from curation.lake import Lake
+from curation.local import LocalExecutor, run_chain
+from curation.query import query
+from curation.runner import choose_executor, run_pipeline
+from curation.split import SplitStage
+from curation.stage import Resources, Stage
+
+SCORES = ("clip_id, uri, start_frame, end_frame, clarity, motion, camera_motion, camera_motion_confidence, text_area, "
+          "text_boxes, subtitle_box, content_box, embedding, dup_group, is_duplicate, concept")
+
+
+def _lake_rows(lake: Lake) -> dict:
+    return {
+        "videos": query(lake, "select uri, status, n_clips, cuts, frame_count, error from videos "
+                              "order by uri").to_pylist(),
+        "clips": query(lake, f"select {SCORES} from clips order by clip_id").to_pylist(),
+        "failures": query(lake, "select uri, stage, kind, message from failures "
+                                "order by uri, stage, kind").to_pylist(),
+    }
+
+
+def test_local_and_ray_executors_write_the_same_lake(ray_local, demo_videos, bad_folder, tmp_path):
+    """Good and bad inputs through the default pipeline: every video, clip, score and failure row equal."""
+    inputs = [os.path.dirname(demo_videos[0].path), bad_folder[0]]
+    lakes = {}
+    for kind in ("local", "ray"):
+        lakes[kind] = Lake(tmp_path / kind)
+        summary = run_pipeline("default", inputs, lakes[kind], progress=False, executor=kind)
+        assert summary.stats.videos["ok"] >= 3
+    local, ray = _lake_rows(lakes["local"]), _lake_rows(lakes["ray"])
+    assert len(local["clips"]) > 3 and len(local["failures"]) > 5
+    for table in ("videos", "clips", "failures"):
+        assert local[table] == ray[table], table
+
+
+def _dies_on(name: str) -> bool:
+    return os.path.basename(name).startswith("crash")
+
+
+class _CountingCrashSplit(SplitStage):
+    """Kills its worker on files named crash* and leaves a line in `<file>.tries` each time it starts."""
+
+    def split_row(self, row):
+        if _dies_on(row["uri"]):
+            with open(row["uri"] + ".tries", "a") as f:
+                f.write("x\n")
+            os._exit(3)
+        return super().split_row(row)
+
+
+class _Raising(Stage):
+    """Lets an exception out of the stage (a bug) on files named crash*."""
+
+    name = "raising"
+
+    def __call__(self, batch):
+        if any(_dies_on(u) for u in batch.column("uri").to_pylist()):
+            raise RuntimeError("stage bug: index out of range")
+        return batch
+
+
+def _folder(demo_videos, tmp_path) -> str:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for t in demo_videos[:2]:
+        shutil.copy(t.path, folder)
+    shutil.copy(demo_videos[2].path, folder / "crash.mp4")
+    return str(folder)
+
+
+def test_a_worker_that_dies_is_retried_then_its_video_is_a_failure_row(demo_videos, tmp_path, monkeypatch):
+    from curation import registry
+
+    monkeypatch.setitem(registry._extra, "crashing", _CountingCrashSplit)
+    folder = _folder(demo_videos, tmp_path)
+    lake = Lake(tmp_path / "lake")
+    pipe = {"name": "c", "stages": [{"stage": "probe"}, {"stage": "crashing", "resources": {"retries": 1}},
+                                    {"stage": "clarity"}]}
+    summary = run_pipeline(pipe, [folder], lake, progress=False, executor="local")
+    assert summary.stats.videos["ok"] == 2 and summary.stats.videos["failed"] == 1
+    with open(os.path.join(folder, "crash.mp4.tries")) as f:
+        assert len(f.readlines()) == 2  # the first try and one retry, each on a fresh worker
+    [lost] = query(lake, "select uri, kind, stage, message from failures").to_pylist()
+    assert (lost["uri"], lost["kind"], lost["stage"]) == (os.path.join(folder, "crash.mp4"), "worker_lost", "runner")
+    assert "in stage 'split'" in lost["message"] and "exit code 3" in lost["message"]
+    assert lake.count("clips") == sum(len(t.shots) for t in demo_videos[:2])
+    assert query(lake, "select count(*) as n from clips where clarity is null").to_pylist() == [{"n": 0}]
+
+
+def test_an_exception_out_of_a_stage_fails_its_video_with_the_message_and_is_not_retried(
+        demo_videos, tmp_path, monkeypatch):
+    from curation import registry
+
+    monkeypatch.setitem(registry._extra, "raising", _Raising)
+    folder = _folder(demo_videos, tmp_path)
+    lake = Lake(tmp_path / "lake")
+    pipe = {"name": "c", "stages": [{"stage": "probe"}, {"stage": "split"}, {"stage": "raising"}]}
+    summary = run_pipeline(pipe, [folder], lake, progress=False, executor="local")
+    assert summary.stats.videos["ok"] == 2 and summary.stats.videos["failed"] == 1
+    [row] = query(lake, "select kind, message from failures").to_pylist()
+    assert row["kind"] == "stage_error"
+    assert "stage 'raising' raised RuntimeError: stage bug: index out of range" in row["message"]
+
+
+class _Pid(Stage):
+    """Adds the worker's pid and whether its setup ran in that process."""
+
+    name = "pid"
+    stateful = True
+    resources = Resources(batch_size=2)
+
+    def setup(self):
+        self.setup_pid = os.getpid()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        assert batch.num_rows <= 2
+        n = batch.num_rows
+        return batch.append_column("pid", pa.array([os.getpid()] * n)).append_column(
+            "setup_pid", pa.array([self.setup_pid] * n))
+
+
+def test_blocks_spread_over_workers_each_stage_sees_its_batch_size_and_sets_up_once_per_worker():
+    blocks = [pa.table({"x": list(range(i, i + 5))}) for i in range(0, 40, 5)]
+    ex = LocalExecutor([_Pid()], cpus=2)
+    out = pa.concat_tables(list(ex.map(blocks)))
+    assert sorted(out.column("x").to_pylist()) == list(range(40)) and not ex.lost
+    pids = set(out.column("pid").to_pylist())
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert out.column("pid").to_pylist() == out.column("setup_pid").to_pylist()
+    assert run_chain([_Pid()], blocks[0]).num_rows == 5  # in-process, for a debugger
+
+
+class _Gpu(_Pid):
+    name = "gpu"
+    resources = Resources(num_gpus=1)
+
+
+def test_auto_picks_ray_for_a_cluster_a_running_ray_or_a_gpu_stage_and_local_otherwise(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpu, gpu = [_Pid()], [_Pid(), _Gpu()]
+    ray = sys.modules.get("ray")
+    running = ray is not None and ray.is_initialized()
+    assert choose_executor("auto", cpu) == ("ray" if running else "local")
+    assert choose_executor("auto", cpu, address="auto") == "ray"
+    assert choose_executor("auto", gpu) == "ray"
+    assert choose_executor("local", cpu) == "local" and choose_executor("ray", cpu) == "ray"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert choose_executor("auto", cpu) == "ray"
+    with pytest.raises(ConfigError, match="needs Ray"):
+        choose_executor("local", cpu)
+    with pytest.raises(ConfigError, match="unknown executor"):
+        choose_executor("dask", cpu)
+    with pytest.raises(ConfigError, match="GPUs"):
+        LocalExecutor(gpu)
+    with pytest.raises(ConfigError, match="CPUs per worker"):
+        LocalExecutor([_Pid(resources=Resources(num_cpus=64))], cpus=2)
+
+
+def test_a_local_run_starts_no_ray(demo_videos, tmp_path):
+    """In a fresh process, as `videocurate run` on a laptop: no Ray instance, workers forked from the run."""
+    code = ("import sys; from curation.runner import run_pipeline; "
+            f"s = run_pipeline('default', [{demo_videos[0].path!r}], {str(tmp_path / 'lake')!r}, progress=False); "
+            "assert s.stats.videos['ok'] == 1, s.lines(); ray = sys.modules.get('ray'); "
+            "assert ray is None or not ray.is_initialized(); print('ok', s.stats.clips)")
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok", str(len(demo_videos[0].shots))]
