@@ -102,6 +102,7 @@ def make_video(path: str, seconds: float, size: tuple[int, int] = (1920, 1080), 
 RAY_SYSTEM_TITLES = ("ray::Dashboard", "ray::RuntimeEnv", "ray::IDLE_Spill", "ray::IDLE_Restore", "ray::Spill",
                      "ray::Restore")  # prefixes: a title can be seen cut short while it is being set
 RAY_SYSTEM_NAMES = ("raylet", "gcs_server")
+LOCAL_WORKER_NAME = "vc-worker"  # curation.local.WORKER_NAME: the local executor's workers
 
 
 @dataclass
@@ -210,6 +211,9 @@ class Sampler(threading.Thread):
                 rec.titles.add(_label(title))
             if p.pid == self.root:
                 rec.role = "driver"
+            elif name == LOCAL_WORKER_NAME:
+                rec.role = "worker"
+                rec.titles.add("local worker")
             elif name in RAY_SYSTEM_NAMES or title.startswith(RAY_SYSTEM_TITLES):
                 rec.role = "ray-system"
                 self._system.add(p.pid)
@@ -386,8 +390,9 @@ def videocurate() -> list[str]:
     return [sys.executable, "-m", "curation.cli"]
 
 
-def run_args(pipeline: str, inputs: list[str], lake: str, num_cpus: int | None = None) -> list[str]:
-    args = ["run", pipeline, "--input", *inputs, "--lake", lake, "--no-progress"]
+def run_args(pipeline: str, inputs: list[str], lake: str, num_cpus: int | None = None,
+             executor: str = "auto") -> list[str]:
+    args = ["run", pipeline, "--input", *inputs, "--lake", lake, "--no-progress", "--executor", executor]
     return args + (["--num-cpus", str(num_cpus)] if num_cpus else [])
 
 

@@ -11,8 +11,9 @@ workers included, sampled with psutil), the ratio to the CLI, CPU utilisation (C
 seconds per footage-second, and the time from the process start to the first decoded frame of a
 one-video run with the local executor (the default), an embedded Ray and a Ray already running (a
 `sitecustomize` on PYTHONPATH, inherited by every worker, notes the first frame `VideoReader.iter_frames`
-yields in any process). The default pipeline also runs with `--executor ray` for comparison. `--write` replaces this benchmark's section of
-benchmarks/RESULTS.md. The load average is printed beside every number: the machine is shared."""
+yields in any process). The default pipeline also runs with `--executor ray` for comparison. `--write`
+replaces this benchmark's section of benchmarks/RESULTS.md. The load average is printed beside every number:
+the machine is shared."""
 
 from __future__ import annotations
 

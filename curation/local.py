@@ -47,6 +47,19 @@ class Lost:
     message: str
 
 
+WORKER_NAME = "vc-worker"  # what `ps`, `top` and psutil show for a worker (Linux)
+
+
+def _name_process(name: str) -> None:
+    """Set this process's name (Linux prctl PR_SET_NAME; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_chain(stages: list[Stage], block: pa.Table, where=None) -> pa.Table:
     """One block through every stage, each called on slices of its `batch_size` (the whole block when
     unset), as Ray Data's map_batches would. `where[0]` is set to the index of the stage running."""
@@ -67,6 +80,7 @@ def _serve(conn, stages: list[Stage] | bytes, where: _Where) -> None:
     """A worker's loop: (key, block) in, (key, table, None) or (key, None, (stage, error)) out; None or a
     closed pipe ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
+    _name_process(WORKER_NAME)
     if isinstance(stages, bytes):  # spawned, not forked
         import cloudpickle
 

@@ -364,6 +364,8 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
         recover(lake)
         state = lake_state(lake, retry_failed)
         todo = [f for f in files if (f.uri, f.size_bytes, f.mtime_ns) not in state.done]
+        # largest first: the workers finish together instead of one long file running alone at the end
+        todo.sort(key=lambda f: -f.size_bytes)
         if retry_failed:
             forget_failed(lake, [f.uri for f in todo])
     summary = RunSummary(pipe.name, lake.root, len(files), len(files) - len(todo), WriteStats(),
