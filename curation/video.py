@@ -408,8 +408,8 @@ def _get_batches(vr, indices: list[int], chunk: int = 32) -> np.ndarray:
 
 class VideoReader:
     """Decode one file. `iter_frames` streams every frame with bounded memory; `read` fetches a list of
-    frame indices. `backend='auto'` uses decord and falls back to PyAV where decord cannot open the
-    file; a decord failure mid-stream falls back to PyAV from the frame where it stopped."""
+    frame indices. `backend='auto'` streams with decord where it can (PyAV where decord cannot open the
+    file, or from the frame where it failed mid-stream) and reads through PyAV (see `_read`)."""
 
     def __init__(self, path: str | os.PathLike, backend: Backend = "auto", info: VideoInfo | None = None):
         self.path = os.fspath(path)
@@ -540,15 +540,12 @@ class VideoReader:
         if not indices:
             w, h = size or (self.info.width, self.info.height)
             return np.zeros((0, h, w, 3), np.uint8)
-        if self._decord is not None:
-            try:
-                vr = self._decord_reader(size)
-                n = len(vr)
-                safe = [min(max(i, 0), n - 1) for i in indices]
-                return _get_batches(vr, safe)
-            except Exception:
-                if self.backend == "decord":
-                    raise
+        # "auto" reads through PyAV: one forward pass over the requested span, seeking only across long gaps,
+        # costs less than decord's seek per index (the pipeline benchmark's 36 clips x 16 frames at 640 px:
+        # 3.8-4.4 vs 5.5-6.2 CPU-s), with the same bilinear scaler (pixels within 5 levels)
+        if self._decord is not None and self.backend == "decord":
+            vr = self._decord_reader(size)
+            return _get_batches(vr, [min(max(i, 0), len(vr) - 1) for i in indices])
         return self._read_pyav(indices, size)
 
     def _read_pyav(self, indices: list[int], size: Size | None) -> np.ndarray:
