@@ -162,15 +162,18 @@ def sample_indices(start: int, end: int, k: int, pairs: bool) -> tuple[np.ndarra
     return idx, np.minimum(idx + 1, int(end) - 1)
 
 
-def decode_clips(rows: Sequence[dict], request: FrameRequest) -> list[ClipFrames | BaseException]:
-    """Decode the sampled frames of every clip row; rows of one video share one open and one read."""
+def decode_clips(rows: Sequence[dict], request: FrameRequest,
+                 threads: int | None = None) -> list[ClipFrames | BaseException]:
+    """Decode the sampled frames of every clip row; rows of one video share one open and one read.
+    `threads`: decoder threads (None: FFmpeg's choice)."""
     out: list[ClipFrames | BaseException] = [VideoError("not decoded")] * len(rows)
     by_video: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_video[row["uri"]].append(i)
     for uri, members in by_video.items():
         try:
-            reader = VideoReader(uri.removeprefix("file://"), info=VideoInfo.from_row(rows[members[0]]))
+            reader = VideoReader(uri.removeprefix("file://"), info=VideoInfo.from_row(rows[members[0]]),
+                                 threads=threads)
         except Exception as exc:  # noqa: BLE001 - the whole video's clips fail with the same error
             for i in members:
                 out[i] = exc

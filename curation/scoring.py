@@ -60,7 +60,7 @@ class Scorer(Stage):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.ensure_setup()
-        return score_table(batch, [self], group_name=self.name)
+        return score_table(batch, [self], group_name=self.name, threads=self.resources.threads)
 
 
 def annotated_fields(scorer: Scorer) -> list[pa.Field]:
@@ -123,7 +123,8 @@ def _with_failures(batch: pa.Table, fails: list[list[dict]]) -> pa.Table:
 
 
 def score_table(batch: pa.Table, scorers: Sequence[Scorer], group_name: str,
-                timings: dict[str, float] | None = None, feed: FrameRequest | None = None) -> pa.Table:
+                timings: dict[str, float] | None = None, feed: FrameRequest | None = None,
+                threads: int | None = None) -> pa.Table:
     """Score every clip row of `batch` on one decode per clip. A decode failure fails the clip for all
     scorers (a `failures` item from `group_name`). Rows without a clip pass through. With `feed`, the
     samples a downstream GPU group asked for are attached in FRAMES_COLUMN."""
@@ -134,7 +135,7 @@ def score_table(batch: pa.Table, scorers: Sequence[Scorer], group_name: str,
     fails: list[list[dict]] = [list(r.get("failures") or []) for r in rows]
     requests = [s.request() for s in scorers] + ([feed] if feed else [])
     t0 = time.perf_counter()
-    decoded = decode_clips([rows[i] for i in live], merge_requests(requests))
+    decoded = decode_clips([rows[i] for i in live], merge_requests(requests), threads)
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
     clips = []
     for i, clip in zip(live, decoded):
@@ -219,8 +220,8 @@ class ScoreGroup(_Group):
         clips, and 16 clips x 16 frames at 640 px is already ~180 MB of decoded frames."""
         self.ensure_setup()
         step = self.resources.batch_size or CLIPS_PER_BATCH
-        parts = [score_table(batch.slice(i, step), self.scorers, self.name, self.timings, self.feed)
-                 for i in range(0, max(batch.num_rows, 1), step)]
+        parts = [score_table(batch.slice(i, step), self.scorers, self.name, self.timings, self.feed,
+                             self.resources.threads) for i in range(0, max(batch.num_rows, 1), step)]
         return pa.concat_tables(parts)
 
 

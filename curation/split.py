@@ -262,7 +262,8 @@ class SplitStage(Stage):
         if row.get("status") != "ok":
             return [row]
         try:
-            reader = VideoReader(row["uri"], backend=self.params.backend, info=VideoInfo.from_row(row))
+            reader = VideoReader(row["uri"], backend=self.params.backend, info=VideoInfo.from_row(row),
+                                 threads=self.resources.threads)
             info = reader.info
             size = fit_size(info.width, info.height, target_width=self.params.analysis_width)
             found = detect(reader.iter_frames(size, bgr=True), info.fps, self.params, self.resources.device)

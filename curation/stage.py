@@ -65,6 +65,11 @@ class Resources:
     def device(self) -> str:
         return "cuda" if self.num_gpus > 0 else "cpu"
 
+    @property
+    def threads(self) -> int:
+        """Threads a worker of the stage keeps busy (its decoders'): its whole CPUs, at least one."""
+        return max(1, int(self.num_cpus))
+
 
 def _explain(exc: pydantic.ValidationError, what: str, cls: type) -> str:
     fields = getattr(cls, "__pydantic_fields__", {})
