@@ -157,3 +157,37 @@ def test_gate_contrast_is_checked_and_can_be_turned_off():
         OcrScorer({"gate_contrast": 300})
     off = OcrScorer({"gate_contrast": None})
     assert off.params.gate_contrast is None and off.provenance()["version"] == "3"
+
+
+def test_denormals_are_flushed_only_inside_the_block():
+    import platform
+
+    import numpy as np
+    import pytest
+
+    from filters.ocr import no_denormals
+
+    tiny = np.float32(1e-39)  # sub-normal
+    if platform.machine() != "x86_64" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the flush is set through glibc's fenv on x86-64 only")
+    with no_denormals():
+        assert tiny * np.float32(1) == 0
+    assert tiny * np.float32(1) == tiny
+
+
+def test_flushing_denormals_and_pool_threads_change_no_result(monkeypatch):
+    """The flush (and, with threads > 1, sessions whose pool threads flush and do not spin) only makes
+    the detector cheaper (~100 -> ~30 ms CPU a 480 px frame): frames read the same as without it."""
+    import contextlib
+
+    import filters.ocr as ocr
+
+    frames = list(_frames_with_and_without_text())[::13]  # 12 frames: 7 with subtitles, 1 with a title
+    OCR.ensure_setup()
+    fast = [OCR.read_frame(f) for f in frames]
+    pooled = OcrScorer(OcrParams(frames=3, threads=2))
+    pooled.ensure_setup()
+    assert [pooled.read_frame(f) for f in frames] == fast
+    monkeypatch.setattr(ocr, "no_denormals", contextlib.nullcontext)
+    assert [OCR.read_frame(f) for f in frames] == fast
+    assert sum(bool(f.boxes) for f in fast) >= 6 and any(f.title for f in fast)
