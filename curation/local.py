@@ -177,6 +177,10 @@ class LocalExecutor:
         child.close()
         return _Worker(p, parent, where)
 
+    @property
+    def description(self) -> str:
+        return f"local executor, up to {self.workers} worker{'s' if self.workers != 1 else ''}"
+
     def map(self, blocks: Iterable[pa.Table]) -> Iterator[pa.Table]:
         """Each block's result as it completes (in completion order). Blocks given up land in `lost`."""
         todo = collections.deque(_Job(i, b) for i, b in enumerate(blocks))
@@ -188,8 +192,13 @@ class LocalExecutor:
                 while todo and (idle := next((w for w in pool if w.job is None), None) or
                                 (self._grow(pool) if len(pool) < n else None)):
                     job = todo.popleft()
-                    idle.job = job.key
-                    idle.conn.send((job.key, job.block))
+                    try:
+                        idle.conn.send((job.key, job.block))
+                        idle.job = job.key
+                    except (OSError, ValueError):  # it died idle (the OOM killer picks any process)
+                        pool.remove(idle)
+                        self._stop(idle)
+                        self._died(job, idle, todo)  # counted against the block: workers dying at start cannot loop
                 busy = [w for w in pool if w.job is not None]
                 ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
                 for w in busy:

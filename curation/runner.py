@@ -47,10 +47,11 @@ class RunSummary:
     steps: dict[str, dict] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    executor: str = ""  # what ran the stages, e.g. "local executor, 2 workers"
 
     def lines(self) -> list[str]:
         v = self.stats.videos
-        out = [f"pipeline {self.pipeline} → {self.lake}",
+        out = [f"pipeline {self.pipeline} → {self.lake}" + (f" ({self.executor})" if self.executor else ""),
                f"inputs {self.inputs} (skipped {self.skipped} already in the lake)",
                f"videos ok {v['ok']}, failed {v['failed']}, no clips {v['no_clips']}, "
                f"duplicate {v['duplicate']}; clips {self.stats.clips}; failure rows {self.stats.failures}"
@@ -182,6 +183,8 @@ class RayExecutor:
         check_cluster(stages)
         self.stages = stages
         self.lost: list = []  # Ray drops a lost block (see build_plan); _finish finds its videos missing
+        address = address or os.environ.get("RAY_ADDRESS")
+        self.description = f"Ray at {address}" if address else "embedded Ray"
 
     def map(self, blocks: list[pa.Table]) -> Iterable[pa.Table]:
         yield from build_plan(self.stages, blocks).iter_batches(batch_format="pyarrow", batch_size=None)
@@ -380,6 +383,7 @@ def run_pipeline(pipeline: str | dict | Pipeline, inputs: Iterable[str], lake: s
                             known_ids=state.known_ids)
         per_block = max(1, -(-len(todo) // 4000))  # one video per task until the plan gets too long
         runner = open_executor(stages, kind, address, num_cpus)
+        summary.executor = runner.description
         bar = _progress(len(todo), progress)
         try:
             for batch in runner.map(input_blocks(todo, row_schema(fields), per_block)):
