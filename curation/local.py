@@ -82,7 +82,7 @@ def _serve(conn, stages: list[Stage] | bytes, where: _Where) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
     _name_process(WORKER_NAME)
     if isinstance(stages, bytes):  # spawned, not forked
-        import cloudpickle
+        from ray import cloudpickle  # ray vendors it: always installed with videocurate
 
         stages = cloudpickle.loads(stages)
     try:
@@ -148,10 +148,13 @@ class LocalExecutor:
         self.check(self.stages, have)
         per_worker = max([1.0, *(s.resources.num_cpus for s in self.stages)])
         self.workers = max(1, int(have // per_worker))
-        methods = mp.get_all_start_methods()
-        # fork: workers inherit the stages and every imported module (no pickling, no imports); macOS and
-        # Windows spawn (fork is unsafe there), which needs the stages pickled by value
-        self._ctx = mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+        # fork: workers inherit the stages and every imported module (no pickling, no imports). Spawn (the
+        # stages pickled by value) on macOS and Windows, where fork is unsafe, and in a process that runs
+        # Ray: a fork copies its gRPC state, and the driver's next Ray call hung (seen in the test suite)
+        ray = sys.modules.get("ray")
+        ray_up = ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
+        fork = "fork" in mp.get_all_start_methods() and sys.platform != "darwin" and not ray_up
+        self._ctx = mp.get_context("fork" if fork else "spawn")
 
     @staticmethod
     def check(stages: list[Stage], cpus: int) -> None:
@@ -168,7 +171,7 @@ class LocalExecutor:
         where = _Where(self._ctx)
         payload = self.stages
         if self._ctx.get_start_method() != "fork":
-            import cloudpickle
+            from ray import cloudpickle
 
             payload = cloudpickle.dumps(self.stages)
         p = self._ctx.Process(target=_serve, args=(child, payload, where), daemon=True,

@@ -181,3 +181,14 @@ def test_a_local_run_starts_no_ray(demo_videos, tmp_path):
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["ok", str(len(demo_videos[0].shots))]
+
+
+def test_spawned_workers_as_on_macos_get_the_stages_pickled():
+    import multiprocessing as mp
+
+    blocks = [pa.table({"x": [i, i + 1]}) for i in range(0, 8, 2)]
+    ex = LocalExecutor([_Pid()], cpus=2)
+    ex._ctx = mp.get_context("spawn")  # what macOS and Windows get: no fork, the stages travel pickled
+    out = pa.concat_tables(list(ex.map(blocks)))
+    assert sorted(out.column("x").to_pylist()) == list(range(8)) and not ex.lost
+    assert len(set(out.column("pid").to_pylist())) == 2
