@@ -300,6 +300,26 @@ def _block(x16: np.ndarray, left: np.ndarray, right: np.ndarray, spec: JoinSpec,
     return scored
 
 
+RAY_STEP_ROWS = 1_000_000  # a step over at least this many rows runs its tasks on Ray, started if need be
+
+
+def want_ray(rows: int) -> bool:
+    """Whether a global step's tasks run on Ray: yes when Ray runs in this process; on a run without it
+    (the local executor) only from RAY_STEP_ROWS rows, where an embedded Ray is started for them: its few
+    seconds buy parallel tasks whose memory (a model's sample, a join's buckets) stays out of the driver,
+    on a step of minutes (benchmarks/RESULTS_dedup.md: 10M rows, driver 1.48 GB)."""
+    import ray
+
+    if ray.is_initialized():
+        return True
+    if rows < RAY_STEP_ROWS:
+        return False
+    from curation.runner import init_ray
+
+    init_ray()
+    return True
+
+
 def run_tasks(fn: Callable, args: Iterable[tuple], remote: bool) -> list:
     """fn(*a) for every a, as Ray tasks (1 CPU each) when Ray is running, else in this process."""
     args = list(args)
@@ -317,8 +337,8 @@ def bucket_join(lake, ds, column: str, model: BucketModel, new_filter: str | Non
     """All pairs (rowid, rowid, approximate cosine >= lo) of the column, streamed (module docstring)."""
     import ray
 
-    remote = ray.is_initialized()
     n = ds.count_rows(filter=f"`{column}` IS NOT NULL")
+    remote = want_ray(n)
     probe_sample = model.assign(sample_fragments(ds, column, 20_000, block_rows), probes, coarse_probes)
     bucket_range = plan_ranges(model, probe_sample, n, range_rows)
     spill = os.path.join(lake.root, "_spill", f"dedup-{uuid.uuid4().hex[:12]}")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curation.buckets import run_tasks
+from curation.buckets import run_tasks, want_ray
 from curation.lake import Lake
 from curation.stage import Step, params
 from curation.vectors import TABLE, check_table, nearest, quote, spherical_kmeans, unit, vectors
@@ -143,7 +143,7 @@ def assign(ds, p: ConceptParams, centroids: np.ndarray, only_new: bool) -> pa.Ta
     where = f"{with_emb} AND concept IS NULL" if only_new else with_emb
     frags = [f.fragment_id for f in ds.get_fragments()]
     groups = [frags[i:i + 4] for i in range(0, len(frags), 4)]
-    remote = ray.is_initialized()
+    remote = want_ray(ds.count_rows())
     ref = ray.put(centroids) if remote else centroids
     parts = [t for t in run_tasks(assign_fragments, [(ds.uri, ds.version, g, p, ref, where) for g in groups],
                                   remote) if t.num_rows]

@@ -34,7 +34,16 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.buckets import BucketModel, bucket_join, load_model, run_tasks, sample_fragments, save_model, train_model
+from curation.buckets import (
+    BucketModel,
+    bucket_join,
+    load_model,
+    run_tasks,
+    sample_fragments,
+    save_model,
+    train_model,
+    want_ray,
+)
 from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.stage import Step, params
@@ -257,12 +266,10 @@ def bucket_model(lake: Lake, ds, p: DedupParams, n: int, dim: int, full: bool) -
     if (model is not None and model.info.get("column") == p.column and model.fine.shape[1] == dim
             and model.info.get("seed") == p.seed and n <= RETRAIN_GROWTH * model.info.get("trained_on", 0)):
         return model, "stored"
-    import ray
-
     want = max(1, round(n / p.bucket_rows))
     sample_rows = min(p.max_sample, want * p.sample_per_bucket)
     [model] = run_tasks(train_task, [(ds.uri, ds.version, p.column, sample_rows, n, p.bucket_rows, p.block_rows,
-                                      p.seed, {"column": p.column, "dim": dim})], ray.is_initialized())
+                                      p.seed, {"column": p.column, "dim": dim})], want_ray(n))
     save_model(lake, model)
     return model, "trained"
 

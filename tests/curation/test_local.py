@@ -192,3 +192,18 @@ def test_spawned_workers_as_on_macos_get_the_stages_pickled():
     out = pa.concat_tables(list(ex.map(blocks)))
     assert sorted(out.column("x").to_pylist()) == list(range(8)) and not ex.lost
     assert len(set(out.column("pid").to_pylist())) == 2
+
+
+def test_a_step_over_a_big_table_starts_ray_for_its_tasks_a_small_one_runs_in_the_driver(monkeypatch):
+    """On the local executor the global steps have no Ray; from RAY_STEP_ROWS rows they start one (their
+    tasks' memory stays out of the driver), below it they run in-process."""
+    import ray
+
+    from curation import buckets, runner
+
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(runner, "init_ray", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(buckets, "RAY_STEP_ROWS", 100)
+    assert buckets.want_ray(99) is False and not started
+    assert buckets.want_ray(100) is True and len(started) == 1
