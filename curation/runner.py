@@ -47,7 +47,7 @@ class RunSummary:
     steps: dict[str, dict] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    executor: str = ""  # what ran the stages, e.g. "local executor, 2 workers"
+    executor: str = ""  # what ran the stages, e.g. "local executor, up to 2 workers"
 
     def lines(self) -> list[str]:
         v = self.stats.videos
