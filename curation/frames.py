@@ -1,6 +1,7 @@
 """Frames for scorers: what a scorer asks for (`FrameRequest`), the decoded samples it gets
-(`ClipFrames`, shared by every scorer of a clip), and the sampler that decodes them once per clip,
-opening each video once per batch."""
+(`ClipFrames`, shared by every scorer of a clip), the sampler that decodes them once per clip, opening
+each video once per batch (`decode_clips`), and the tap that keeps them from the split's own decode
+instead (`FrameTap`, curation.splitscore). Both give the same pixels: scaled as YUV 4:2:0, then RGB."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 
 from curation.errors import VideoError
-from curation.video import VideoInfo, VideoReader, fit_size
+from curation.video import VideoInfo, VideoReader, fit_size, i420_converter, i420_to_rgb
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,62 @@ def sample_indices(start: int, end: int, k: int, pairs: bool) -> tuple[np.ndarra
     return idx, np.minimum(idx + 1, int(end) - 1)
 
 
+def sample_size(info: VideoInfo, request: FrameRequest) -> tuple[int, int]:
+    """The (even) display size a clip's samples are decoded at for `request`."""
+    return fit_size(info.width, info.height, max_side=request.max_side)
+
+
+TAP_BYTES = 320 << 20  # the most one FrameTap holds: ~950 frames at 640x360 (a 10 s window at 60 fps + lag)
+
+
+class FrameTap:
+    """A video's frames kept at the size `request` asks for while the split decodes it: pass it to
+    `VideoReader.iter_frames(on_frame=...)`. Every frame from `floor` on is kept as YUV 4:2:0 planes
+    (i420_converter, half the bytes of RGB) until `release` raises the floor past it; `take` makes a
+    clip's samples from them exactly as decode_clips would. At most `max_bytes` are held: beyond, the
+    oldest frames go, and a clip missing one of its samples is decoded again by decode_clips."""
+
+    def __init__(self, info: VideoInfo, request: FrameRequest, max_bytes: int | None = None):
+        self.info, self.request, self.max_bytes = info, request, max_bytes or TAP_BYTES
+        self._convert = i420_converter(sample_size(info, request), info.rotation)
+        self.frames: dict[int, np.ndarray] = {}  # frame number -> planes, in decode order
+        self.floor = 0
+        self.nbytes = 0
+        self._last: tuple[object, np.ndarray | None] = (None, None)  # a repeated frame shares its planes
+
+    def __call__(self, index: int, frame) -> None:
+        if index < self.floor:
+            return
+        src, planes = self._last
+        if frame is not src or planes is None:
+            planes = self._convert(frame)
+            self._last = (frame, planes)
+        self.frames[index] = planes
+        self.nbytes += planes.nbytes
+        while self.nbytes > self.max_bytes and self.frames:
+            self.nbytes -= self.frames.pop(next(iter(self.frames))).nbytes
+
+    def release(self, before: int) -> None:
+        """Drop the frames before `before`, and keep none of them from now on."""
+        self.floor = max(self.floor, before)
+        while self.frames and (first := next(iter(self.frames))) < self.floor:
+            self.nbytes -= self.frames.pop(first).nbytes
+
+    def take(self, start: int, end: int) -> ClipFrames | None:
+        """The samples of clip [start, end) (no row yet), or None when some of its frames are not held."""
+        idx, nxt = sample_indices(start, end, self.request.frames, self.request.pairs)
+        need = idx if nxt is None else np.concatenate([idx, nxt])
+        if any(int(i) not in self.frames for i in need):
+            return None
+        rot, info = self.info.rotation, self.info
+
+        def rgb(ids: np.ndarray) -> np.ndarray:
+            return np.stack([i420_to_rgb(self.frames[int(i)], rot) for i in ids])
+
+        return ClipFrames(frames=rgb(idx), indices=idx, fps=info.fps, width=info.width, height=info.height,
+                          next_frames=None if nxt is None else rgb(nxt))
+
+
 def decode_clips(rows: Sequence[dict], request: FrameRequest,
                  threads: int | None = None) -> list[ClipFrames | BaseException]:
     """Decode the sampled frames of every clip row; rows of one video share one open and one read.
@@ -188,12 +245,10 @@ def decode_clips(rows: Sequence[dict], request: FrameRequest,
         if not plans:
             continue
         info = reader.info
-        size = None if request.max_side is None else fit_size(info.width, info.height,
-                                                                 max_side=request.max_side)
         wanted = sorted({int(f) for pair in plans.values() for part in pair if part is not None
                          for f in part})
         try:
-            decoded = reader.read(wanted, size)
+            decoded = reader.read(wanted, sample_size(info, request), via_i420=True)
         except Exception as exc:  # noqa: BLE001
             for i in plans:
                 out[i] = exc

@@ -124,20 +124,30 @@ def _with_failures(batch: pa.Table, fails: list[list[dict]]) -> pa.Table:
 
 def score_table(batch: pa.Table, scorers: Sequence[Scorer], group_name: str,
                 timings: dict[str, float] | None = None, feed: FrameRequest | None = None,
-                threads: int | None = None) -> pa.Table:
+                threads: int | None = None, scored: dict[int, tuple[dict, list[dict]]] | None = None,
+                frames: dict[int, ClipFrames] | None = None) -> pa.Table:
     """Score every clip row of `batch` on one decode per clip. A decode failure fails the clip for all
     scorers (a `failures` item from `group_name`). Rows without a clip pass through. With `feed`, the
-    samples a downstream GPU group asked for are attached in FRAMES_COLUMN."""
+    samples a downstream GPU group asked for are attached in FRAMES_COLUMN. `scored` (row position ->
+    columns and failure items) and `frames` (row position -> samples) come from the split's decode
+    (curation.splitscore): those clips are not decoded again."""
     timings = timings if timings is not None else {}
+    scored, frames = scored or {}, frames or {}
     rows = batch.to_pylist()
-    live = [i for i, r in enumerate(rows) if r.get("clip_id") is not None]
+    live = [i for i, r in enumerate(rows) if r.get("clip_id") is not None and i not in scored and i not in frames]
     outs: list[dict] = [{} for _ in rows]
     fails: list[list[dict]] = [list(r.get("failures") or []) for r in rows]
+    for i, (columns, items) in scored.items():
+        outs[i] = dict(columns)
+        fails[i] += items
     requests = [s.request() for s in scorers] + ([feed] if feed else [])
     t0 = time.perf_counter()
-    decoded = decode_clips([rows[i] for i in live], merge_requests(requests), threads)
+    decoded = decode_clips([rows[i] for i in live], merge_requests(requests), threads) if live else []
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
     clips = []
+    for i, clip in frames.items():
+        clip.row, clip.clip_id, clip.uri = rows[i], rows[i]["clip_id"], rows[i]["uri"]
+        clips.append((i, clip))
     for i, clip in zip(live, decoded):
         if isinstance(clip, BaseException):
             fails[i].append(failure(group_name, clip, rows[i]["clip_id"]))
@@ -254,7 +264,11 @@ class GpuScoreGroup(_Group):
 
 def fuse(stages: Sequence[Stage]) -> list[Stage]:
     """Consecutive scorers become one CPU ScoreGroup (one decode per clip for all) followed, when some of
-    them declare GPUs, by one GpuScoreGroup fed by that decode. Other stages pass through in order."""
+    them declare GPUs, by one GpuScoreGroup fed by that decode; a split right before a CPU group that
+    feeds no GPU group joins it (curation.splitscore: the scorers take their frames from the split's
+    decode). Other stages pass through in order."""
+    from curation.splitscore import SplitScoreStage, joins
+
     out: list[Stage] = []
     run: list[Scorer] = []
     for s in [*stages, None]:
@@ -264,7 +278,11 @@ def fuse(stages: Sequence[Stage]) -> list[Stage]:
         if run:
             cpu = [x for x in run if not x.resources.num_gpus]
             gpu = [x for x in run if x.resources.num_gpus]
-            out.append(ScoreGroup(cpu, feed=merge_requests([x.request() for x in gpu]) if gpu else None))
+            group = ScoreGroup(cpu, feed=merge_requests([x.request() for x in gpu]) if gpu else None)
+            if cpu and not gpu and out and joins(out[-1], group):
+                out[-1] = SplitScoreStage(out[-1], group)
+            else:
+                out.append(group)
             if gpu:
                 out.append(GpuScoreGroup(gpu))
             run = []
@@ -272,7 +290,3 @@ def fuse(stages: Sequence[Stage]) -> list[Stage]:
             out.append(s)
     return out
 
-
-def members(stage: Stage) -> list[Stage]:
-    """The stages a (possibly fused) stage runs, in order."""
-    return list(stage.scorers) if isinstance(stage, _Group) else [stage]

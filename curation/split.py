@@ -5,9 +5,9 @@ each clip on its sharpest early frame — HunyuanVideo's "clear start frame").""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -112,69 +112,153 @@ class Boundaries:
         return [(a, starts.get(b, b)) for a, b in zip(bounds[:-1], bounds[1:]) if starts.get(b, b) > a]
 
 
-def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device: str = "cpu") -> Boundaries:
-    """Run the detectors over BGR analysis frames and fuse what they find (curation.fusion): gradual
-    transitions as spans, PySceneDetect's cuts as points; a point cut across a flash (the same picture
-    just before and just after it) is dropped."""
-    from scenedetect import FrameTimecode
+class ShotDetector:
+    """The split's detectors over one video's BGR analysis frames, fed in order (`process`). `finish()`
+    fuses what they found (curation.fusion) into Boundaries: gradual transitions as spans,
+    PySceneDetect's cuts as points; a point cut across a flash (the same picture just before and just
+    after it) is dropped. `settle()` says which clips are already decided while frames still come (what
+    lets the scorers take their samples from this decode, curation.splitscore)."""
 
-    fps = float(fps)  # FrameTimecode refuses an int rate
-    dets = make_detectors(params, fps)
-    learned = None
-    if "transnetv2" in params.detectors:
-        from curation.transnet import TransNetDetector
+    def __init__(self, fps: float, params: SplitParams, device: str = "cpu"):
+        from scenedetect import FrameTimecode
 
-        learned = TransNetDetector(device)
-    gradual = GradualDetector() if "gradual" in params.detectors else None
-    sharp: list[float] = []
-    # 32x18 int16 thumbnails (1152 bytes a frame) for the flash check, in blocks of THUMB_BLOCK frames: one
-    # small array a frame, kept for the whole video, pins the heap between the decoder's large per-frame
-    # buffers (measured: ~7 KB of RSS a frame, +100 MB per 10 minutes at 24 fps; benchmarks/bench_memory.py)
-    blocks: list[np.ndarray] = []
-    gray_frames: list[bool] = []
-    found: list[int] = []
-    gray_found: list[int] = []
-    n = 0
-    for n, bgr in enumerate(frames):
+        self.timecode = FrameTimecode
+        self.fps = float(fps)  # FrameTimecode refuses an int rate
+        self.params = params
+        self.dets = make_detectors(params, self.fps)
+        self.learned = None
+        if "transnetv2" in params.detectors:
+            from curation.transnet import TransNetDetector
+
+            self.learned = TransNetDetector(device)
+        self.gradual = GradualDetector() if "gradual" in params.detectors else None
+        self._sharp = np.zeros(1024, np.float32)  # Laplacian variance per frame (grown by doubling)
+        # 32x18 int16 thumbnails (1152 bytes a frame) for the flash check, in blocks of THUMB_BLOCK frames:
+        # one small array a frame, kept for the whole video, pins the heap between the decoder's large
+        # per-frame buffers (measured: ~7 KB of RSS a frame, +100 MB per 10 minutes at 24 fps)
+        self.blocks: list[np.ndarray] = []
+        self.gray_frames: list[bool] = []
+        self.found: list[int] = []
+        self.gray_found: list[int] = []
+        self.n = 0  # frames seen
+        self._flash: dict[int, bool] = {}
+
+    @property
+    def sharpness(self) -> np.ndarray:
+        return self._sharp[:self.n]
+
+    def process(self, bgr: np.ndarray) -> None:
+        n = self.n
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-        sharp.append(float(cv2.Laplacian(gray, cv2.CV_32F).var()))
-        small = shrink(gray) if gradual is not None else gray  # one area resize serves both thumbnails
+        if n == len(self._sharp):
+            self._sharp = np.concatenate([self._sharp, np.zeros_like(self._sharp)])
+        self._sharp[n] = float(cv2.Laplacian(gray, cv2.CV_32F).var())
+        small = shrink(gray) if self.gradual is not None else gray  # one area resize serves both thumbnails
         if n % THUMB_BLOCK == 0:
-            blocks.append(np.empty((THUMB_BLOCK, *THUMB_SHAPE), np.int16))
-        blocks[-1][n % THUMB_BLOCK] = thumb(small)
-        gray_frames.append(_is_gray(bgr))
-        if learned is not None:
-            learned.process(bgr)
-        if gradual is not None:
-            gradual.process(small)
-        tc = FrameTimecode(n, fps)
-        for det, gray_only in dets:
-            if gray_only and not gray_frames[-1]:
+            self.blocks.append(np.empty((THUMB_BLOCK, *THUMB_SHAPE), np.int16))
+        self.blocks[-1][n % THUMB_BLOCK] = thumb(small)
+        self.gray_frames.append(_is_gray(bgr))
+        if self.learned is not None:
+            self.learned.process(bgr)
+        if self.gradual is not None:
+            self.gradual.process(small)
+        tc = self.timecode(n, self.fps)
+        for det, gray_only in self.dets:
+            if gray_only and not self.gray_frames[-1]:
                 continue  # the twin sees grey frames only (free on colour footage); its cuts need two
-            (gray_found if gray_only else found).extend(c.frame_num for c in det.process_frame(tc, bgr))
-    else:
-        if sharp:
-            end = FrameTimecode(n, fps)
-            for det, gray_only in dets:
-                (gray_found if gray_only else found).extend(c.frame_num for c in det.post_process(end))
-    thumbs = np.concatenate(blocks)[:len(sharp)] if blocks else np.zeros((0, *THUMB_SHAPE), np.int16)
-    found += [c for c in gray_found if 0 < c < len(gray_frames) and gray_frames[c] and gray_frames[c - 1]]
-    spans: list[Transition] = []
-    if learned is not None:
-        from curation.transnet import transitions
+            (self.gray_found if gray_only else self.found).extend(c.frame_num for c in det.process_frame(tc, bgr))
+        self.n += 1
 
-        for a, b in transitions(learned.finish(), params.transnet_threshold):
-            if b - a + 1 >= 3:
-                spans.append(Transition(a, b, _kind(thumbs[a:b + 1])))
-            else:
-                found.append(b + 1)
-    verified: list[Transition] = []
-    if gradual is not None:
-        verified, hard = gradual.finish()
-        found += hard
-    found = [c for c in found if not is_flash(thumbs, c)]
-    cuts, kept = fuse(found, verified, spans, len(sharp), params.min_scene_len)
-    return Boundaries(cuts, np.asarray(sharp, np.float32), [t.as_dict() for t in kept])
+    def _thumbs(self, a: int, b: int) -> np.ndarray:
+        """Thumbnails of frames [a, b) (clamped to those seen)."""
+        a, b = max(0, a), min(b, self.n)
+        if b <= a:
+            return np.zeros((0, *THUMB_SHAPE), np.int16)
+        parts = []
+        for k in range(a // THUMB_BLOCK, (b - 1) // THUMB_BLOCK + 1):
+            first = k * THUMB_BLOCK
+            parts.append(self.blocks[k][max(a, first) - first:min(b, first + THUMB_BLOCK) - first])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _is_flash(self, cut: int, reach: int = 3) -> bool:
+        if cut not in self._flash:
+            window = self._thumbs(cut - reach, cut + reach + 1)
+            self._flash[cut] = is_flash(window, min(cut, reach), reach)
+        return self._flash[cut]
+
+    def _points(self, since: int = 0) -> list[int]:
+        """Point cuts from frame `since` on: PySceneDetect's, the luma twin's between two grey frames,
+        the gradual detector's hard cuts."""
+        gray = self.gray_frames
+        found = [c for c in self.found if c >= since]
+        found += [c for c in self.gray_found if since <= c < len(gray) and c > 0 and gray[c] and gray[c - 1]]
+        if self.gradual is not None:
+            found += [c for c in self.gradual.cuts if c >= since]
+        return found
+
+    def finish(self) -> Boundaries:
+        if self.n:
+            end = self.timecode(self.n - 1, self.fps)
+            for det, gray_only in self.dets:
+                (self.gray_found if gray_only else self.found).extend(c.frame_num for c in det.post_process(end))
+        found = self._points()
+        spans: list[Transition] = []
+        if self.learned is not None:
+            from curation.transnet import transitions
+
+            for a, b in transitions(self.learned.finish(), self.params.transnet_threshold):
+                if b - a + 1 >= 3:
+                    spans.append(Transition(a, b, _kind(self._thumbs(a, b + 1))))
+                else:
+                    found.append(b + 1)
+        verified = self.gradual.finish()[0] if self.gradual is not None else []
+        found = [c for c in found if not self._is_flash(c)]
+        cuts, kept = fuse(found, verified, spans, self.n, self.params.min_scene_len)
+        return Boundaries(cuts, self.sharpness.copy(), [t.as_dict() for t in kept])
+
+    def lag(self) -> int:
+        """Frames behind the newest within which a detection can still change: the gradual detector's
+        longest candidate, its join, gap and hold, the spacing rule and the flash check's reach (121 at
+        the defaults)."""
+        g = self.gradual.s if self.gradual is not None else None
+        grad = g.max_frames + g.join + g.gap + g.hold if g is not None else 0
+        return grad + self.params.min_scene_len + 8
+
+    def settle(self, base: int, times: Timeline) -> tuple[list[ClipSpan], int]:
+        """Clips decided so far, from frame `base` (where the first undecided shot or window starts) up to
+        `lag()` frames before the newest frame, as the detections stand now; and the new base. A guess
+        (a later detection may still move a cut), so callers check it against `finish()`; it is right
+        whenever nothing changes more than `lag()` frames back. None with TransNetV2 (it decides at the end)."""
+        last = self.n - self.lag()
+        if self.learned is not None or last <= base:
+            return [], base
+        margin = 2 * self.params.min_scene_len + 4
+        points = [c for c in self._points(base - margin) if c < self.n - 4 and not self._is_flash(c)]
+        spans = [t for t in self.gradual.found if t.end >= base - margin] if self.gradual is not None else []
+        cuts, kept = fuse(points, spans, [], self.n, self.params.min_scene_len)
+        starts = {t.end + 1: t.start for t in kept}
+        bounds = [base, *(c for c in cuts if c > base), self.n]
+        clips: list[ClipSpan] = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            b = starts.get(b, b)
+            if b <= a:
+                continue
+            if b <= last:  # a shot that ended in the settled part
+                clips += make_clips([(a, b)], self.fps, self.sharpness, self.params, times)
+                base = b
+                continue
+            done = [c for c in make_clips([(a, last)], self.fps, self.sharpness, self.params, times) if c.end < last]
+            # the open shot's next window starts where the last decided one ended (windows follow on)
+            return clips + done, done[-1].end if done else a
+        return clips, base
+
+
+def detect(frames: Iterable[np.ndarray], fps: float, params: SplitParams, device: str = "cpu") -> Boundaries:
+    """Run the detectors over BGR analysis frames and fuse what they find (see ShotDetector)."""
+    det = ShotDetector(fps, params, device)
+    for bgr in frames:
+        det.process(bgr)
+    return det.finish()
 
 
 def _kind(thumbs: Sequence[np.ndarray]) -> str:
@@ -231,6 +315,19 @@ def _sharp_start(window: np.ndarray, offset: int, tolerance: float = 0.9) -> int
     return offset + int(good[0])
 
 
+SETTLE_EVERY = 16  # frames between two SplitWatch.settle calls
+
+
+class SplitWatch(Protocol):
+    """What follows a split's decode of one video (curation.splitscore): `start(info)` returns the
+    callback that sees every decoded frame (VideoReader.iter_frames' on_frame; None: not watching), and
+    `settle(detector, times)` runs every SETTLE_EVERY frames with the detections so far."""
+
+    def start(self, info: VideoInfo) -> Callable[[int, object], None] | None: ...
+
+    def settle(self, det: ShotDetector, times: Timeline) -> None: ...
+
+
 class SplitStage(Stage):
     """One row per probed video in, one row per clip out (a video with no clip keeps one row with a
     null clip_id and status `no_clips`, plus a failure item saying why)."""
@@ -258,7 +355,8 @@ class SplitStage(Stage):
             out.extend(self.split_row(row))
         return pa.Table.from_pylist(out, schema=batch.schema)
 
-    def split_row(self, row: dict) -> list[dict]:
+    def split_row(self, row: dict, watch: SplitWatch | None = None) -> list[dict]:
+        """The clip rows of one probed video row. `watch` sees the decode as it goes (see SplitWatch)."""
         if row.get("status") != "ok":
             return [row]
         try:
@@ -266,12 +364,19 @@ class SplitStage(Stage):
                                  threads=self.resources.threads)
             info = reader.info
             size = fit_size(info.width, info.height, target_width=self.params.analysis_width)
-            found = detect(reader.iter_frames(size, bgr=True), info.fps, self.params, self.resources.device)
+            det = ShotDetector(info.fps, self.params, self.resources.device)
+            on_frame = watch.start(info) if watch is not None else None
+            times = reader.timeline()
+            for n, bgr in enumerate(reader.iter_frames(size, bgr=True, on_frame=on_frame)):
+                det.process(bgr)
+                if on_frame is not None and n % SETTLE_EVERY == SETTLE_EVERY - 1:
+                    watch.settle(det, times)
+            found = det.finish()
         except Exception as exc:  # noqa: BLE001 - becomes a failure row
             return [{**row, "status": "failed", "error": str(exc), "n_clips": 0,
                      "failures": [*(row["failures"] or []), failure(self.name, exc)]}]
         n, cuts = len(found.sharpness), found.cuts
-        fps, times = info.fps, reader.timeline()  # frame number <-> time (a table on VFR video)
+        fps = info.fps  # times: frame number <-> time (a table on VFR video)
         video = {**row, "frame_count": n, "duration_s": times.seconds(n), "cuts": cuts,
                  "transitions": found.transitions}
         warnings = list(row["failures"] or [])

@@ -49,6 +49,7 @@ class Shot:
     text_box: tuple[int, int, int, int] | None = None  # filled in when rendered: x0, y0, x1, y1
     letterbox: tuple[int, int] = (0, 0)  # black bars: (left/right px, top/bottom px)
     seed: int = 0
+    grain: float = 0.0  # sensor noise: Gaussian, this many grey levels, new every frame (not on bars or text)
 
 
 @dataclass
@@ -94,6 +95,9 @@ def render_shot(shot: Shot, size: tuple[int, int]) -> Iterator[np.ndarray]:
         frame = cv2.warpAffine(base, m, (iw, ih), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         if shot.blur:
             frame = cv2.GaussianBlur(frame, (0, 0), shot.blur)
+        if shot.grain:
+            noise = rng.normal(0.0, shot.grain, frame.shape).astype(np.float32)
+            frame = np.clip(frame.astype(np.float32) + noise, 0, 255).astype(np.uint8)
         if lx or ly:
             frame = cv2.copyMakeBorder(frame, ly, ly, lx, lx, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         if shot.text:

@@ -8,7 +8,7 @@ import functools
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -23,9 +23,6 @@ Size = tuple[int, int]  # (width, height) in display orientation
 # Containers FFmpeg opens but that hold a still image, not a video.
 _IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "gif", "tiff_pipe", "mjpeg")
 _IMAGE_CODECS = ("png", "mjpeg", "bmp", "tiff", "webp", "gif", "jpeg2000")
-# Containers whose frame index decord reads correctly (checked frame-exact against PyAV in the tests).
-_DECORD_CONTAINERS = ("mov", "matroska", "avi")
-DECORD_MAX_SECONDS = 300  # longer videos decode with PyAV under backend "auto" (decord's memory grows with them)
 
 # The largest frame accepted, checked on the size the stream declares before any frame is decoded, and on
 # every decoded frame: 16384 px a side and 2^27 pixels (16384 x 8192; 8K UHD is 2^25), so one RGB frame
@@ -352,14 +349,6 @@ def _duration_s(container, stream) -> float:
     return 0.0
 
 
-def _counts_agree(info: VideoInfo) -> bool:
-    """Whether the container's frame count matches its presented duration (no trimming edit list)."""
-    if info.duration_s <= 0 or info.frame_count <= 0:
-        return True
-    expected = info.duration_s * info.fps
-    return abs(info.frame_count - expected) <= max(1.5, 0.01 * expected)
-
-
 def fit_size(width: int, height: int, target_width: int | None = None, max_side: int | None = None) -> Size:
     """An even-sized (w, h) with the same aspect: scaled to `target_width`, or so the longer side is at
     most `max_side`. Never upscales."""
@@ -396,6 +385,21 @@ def _converter(size: Size | None, fmt: str):
     return lambda frame: scaler.reformat(frame, format=fmt, **kwargs).to_ndarray()
 
 
+def i420_converter(size: Size, rotation: int = 0):
+    """frame -> its YUV 4:2:0 planes at `size` (display w, h; even) as one (H * 3/2, W) uint8 array in
+    stored orientation: half the bytes of RGB, and the cheapest conversion a scaler makes (1080p H.264 to
+    640 px: 1.2 ms a frame vs 1.9 for RGB). `i420_to_rgb` makes the RGB picture when it is wanted."""
+    return _converter(_stored(size, rotation), "yuv420p")
+
+
+def i420_to_rgb(planes: np.ndarray, rotation: int = 0) -> np.ndarray:
+    """(H, W, 3) RGB uint8 in display orientation from `i420_converter`'s planes (OpenCV's BT.601
+    conversion)."""
+    import cv2
+
+    return _orient(cv2.cvtColor(planes, cv2.COLOR_YUV2RGB_I420), rotation)
+
+
 def _orient(frames: np.ndarray, rotation: int) -> np.ndarray:
     """Rotate decoded frames (..., H, W, C) clockwise into display orientation."""
     if rotation == 0:
@@ -420,8 +424,8 @@ def _get_batches(vr, indices: list[int], chunk: int = 32) -> np.ndarray:
 
 class VideoReader:
     """Decode one file. `iter_frames` streams every frame with bounded memory; `read` fetches a list of
-    frame indices. `backend='auto'` streams with decord where it can (PyAV where decord cannot open the
-    file, or from the frame where it failed mid-stream) and reads through PyAV (see `_read`)."""
+    frame indices. `backend='auto'` (and 'pyav') decode through PyAV; 'decord' streams and reads with decord,
+    falling back to PyAV from the frame where a stream fails."""
 
     def __init__(self, path: str | os.PathLike, backend: Backend = "auto", info: VideoInfo | None = None,
                  threads: int | None = None):
@@ -435,23 +439,16 @@ class VideoReader:
         self.backend = backend
         self._decord = None
         self._timeline: Timeline | None = None
-        # decord applies display rotation itself at native size but mangles rotated frames when asked
-        # for another size (4 channels, wrong shape), and its index-based reads land on the wrong frames
-        # in containers without a frame index (MPEG-TS: 12 frames off in tests): those go through PyAV.
-        # An MP4 whose edit list trims frames (e.g. cut with `ffmpeg -ss ... -c copy`) holds more samples
-        # than it presents: decord counts them all and pads its tail with copies of the last frame.
-        # A frame count the probe could not trust (0: unknown) goes through PyAV too: decord sizes its frame
-        # index by the container's claim (a Matroska duration of 10^9 frames ended in std::bad_alloc).
-        info = self.info
-        plausible = 0 < info.frame_count and (not info.size_bytes or info.frame_count <= info.size_bytes)
-        trusted = info.container.split(",")[0] in _DECORD_CONTAINERS and plausible and _counts_agree(info)
-        # decord decodes ahead into memory it keeps while the reader lives, and that grows with the file:
-        # 128 frames read from 1/10/20-minute 1080p files cost +371/+453/+649 MiB (PyAV: +195 flat), the
-        # split's streaming pass 0.39/0.56/0.80 GiB per worker (benchmarks/bench_memory.py). Beyond
-        # DECORD_MAX_SECONDS "auto" takes PyAV, so a worker's memory does not grow with the input.
-        short = info.frame_count <= DECORD_MAX_SECONDS * max(info.fps, 1.0)
-        if backend == "decord" or (backend == "auto" and self.info.rotation == 0 and trusted and short):
-            self._decord = self._open_decord(required=backend == "decord")
+        # "auto" decodes through PyAV, streaming and reading alike: one decoder and one scaler for every
+        # pass, so the split's frames and the scorers' are the same pixels (curation.splitscore hands the
+        # first to the second), and as fast as decord at one thread a worker (1080p H.264: 2.4-2.5 ms a
+        # frame decoded and scaled to 256 px by both). decord, on request only, has known faults: it
+        # mangles rotated frames asked for at another size, lands index reads on wrong frames in containers
+        # without a frame index (MPEG-TS), pads an edit-list-trimmed MP4's tail, sizes its index by the
+        # container's claim (a Matroska duration of 10^9 frames: std::bad_alloc), and keeps decoded frames
+        # in memory that grows with the file (+371/+649 MiB for 128 frames of 1/20-minute 1080p files).
+        if backend == "decord":
+            self._decord = self._open_decord(required=True)
 
     def _open_decord(self, required: bool):
         try:
@@ -489,16 +486,21 @@ class VideoReader:
         return Timeline.constant(self.info.fps, stream.time_base, stream.start_time or 0)
 
     # ---- streaming -------------------------------------------------------------------------------
-    def iter_frames(self, size: Size | None = None, chunk: int = 32, bgr: bool = False) -> Iterator[np.ndarray]:
+    def iter_frames(self, size: Size | None = None, chunk: int = 32, bgr: bool = False,
+                    on_frame: Callable[[int, object], None] | None = None) -> Iterator[np.ndarray]:
         """Every frame in order, uint8 (H, W, 3) RGB (or BGR for OpenCV code), at `size` (display w, h)
-        or native size. The file is checked against its probe before the first frame and after the last."""
+        or native size. The file is checked against its probe before the first frame and after the last.
+        `on_frame(index, frame)` also sees each decoded `av.VideoFrame` (native size, stored orientation;
+        a repeated frame is the same object) before its picture is yielded, so a second consumer can
+        convert the frames it wants to its own size from the same decode (curation.frames.FrameTap); it
+        streams through PyAV whatever the backend."""
         self._unchanged("before decoding")
-        yield from self._frames(size, chunk, bgr)
+        yield from self._frames(size, chunk, bgr, on_frame)
         self._unchanged("after decoding")
 
-    def _frames(self, size: Size | None, chunk: int, bgr: bool) -> Iterator[np.ndarray]:
+    def _frames(self, size: Size | None, chunk: int, bgr: bool, on_frame=None) -> Iterator[np.ndarray]:
         done = 0
-        if self._decord is not None:
+        if self._decord is not None and on_frame is None:
             if bgr:
                 import cv2  # a channel swap in OpenCV: ~30x faster than numpy's reversed copy (0.4 s per 3,600 frames)
             try:
@@ -511,7 +513,7 @@ class VideoReader:
             except Exception:
                 if self.backend == "decord":
                     raise
-        yield from self._iter_pyav(size, skip=done, fmt="bgr24" if bgr else "rgb24")
+        yield from self._iter_pyav(size, skip=done, fmt="bgr24" if bgr else "rgb24", on_frame=on_frame)
 
     def _decord_reader(self, size: Size | None):
         if self.info.rotation:
@@ -527,34 +529,38 @@ class VideoReader:
         for start in range(0, n, chunk):
             yield from vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
-    def _iter_pyav(self, size: Size | None, skip: int = 0, fmt: str = "rgb24") -> Iterator[np.ndarray]:
+    def _iter_pyav(self, size: Size | None, skip: int = 0, fmt: str = "rgb24", on_frame=None) -> Iterator[np.ndarray]:
         convert = _converter(_stored(size, self.info.rotation), fmt)
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
             _threads(stream, self.threads)
-            index, last = 0, None  # last: the previous picture (a frame, converted when first needed)
+            index, last, picture = 0, None, None  # the previous frame and its picture (converted when needed)
             for frame in decoded_frames(container, stream):
                 if frame is not None:
-                    last = frame
+                    last, picture = frame, None
                 elif last is None:
                     continue  # a repeat before any picture shows nothing
                 if index >= skip:
-                    if not isinstance(last, np.ndarray):
-                        last = _orient(convert(last), self.info.rotation)
-                    yield last
+                    if on_frame is not None:
+                        on_frame(index, last)
+                    if picture is None:
+                        picture = _orient(convert(last), self.info.rotation)
+                    yield picture
                 index += 1
             if index == 0:
                 raise VideoError(f"no frame decodes: {self.path}", kind="decode_error")
 
     # ---- random access ---------------------------------------------------------------------------
-    def read(self, indices: Sequence[int], size: Size | None = None) -> np.ndarray:
-        """Frames at `indices` (any order, repeats allowed) as (N, H, W, 3) RGB uint8."""
+    def read(self, indices: Sequence[int], size: Size | None = None, via_i420: bool = False) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as (N, H, W, 3) RGB uint8. `via_i420`: scaled
+        to `size` (even) as YUV 4:2:0 and turned into RGB by `i420_to_rgb`, as a FrameTap does: the same
+        pixels the split's decode hands the scorers."""
         self._unchanged("before decoding")
-        out = self._read(indices, size)
+        out = self._read(indices, size, via_i420)
         self._unchanged("after decoding")
         return out
 
-    def _read(self, indices: Sequence[int], size: Size | None) -> np.ndarray:
+    def _read(self, indices: Sequence[int], size: Size | None, via_i420: bool = False) -> np.ndarray:
         indices = [int(i) for i in indices]
         if not indices:
             w, h = size or (self.info.width, self.info.height)
@@ -562,17 +568,17 @@ class VideoReader:
         # "auto" reads through PyAV: one forward pass over the requested span, seeking only across long gaps,
         # costs less than decord's seek per index (the pipeline benchmark's 36 clips x 16 frames at 640 px:
         # 3.8-4.4 vs 5.5-6.2 CPU-s), with the same bilinear scaler (pixels within 5 levels)
-        if self._decord is not None and self.backend == "decord":
+        if self._decord is not None and not via_i420:
             vr = self._decord_reader(size)
             return _get_batches(vr, [min(max(i, 0), len(vr) - 1) for i in indices])
-        return self._read_pyav(indices, size)
+        return self._read_pyav(indices, size, via_i420)
 
-    def _read_pyav(self, indices: list[int], size: Size | None) -> np.ndarray:
+    def _read_pyav(self, indices: list[int], size: Size | None, via_i420: bool = False) -> np.ndarray:
         """Decode forward, seeking only across long gaps; frame index = position in decode order (after a
         seek, the frame's number comes from its timestamp through the timeline)."""
 
         wanted = sorted(set(indices))
-        convert = _converter(_stored(size, self.info.rotation), "rgb24")
+        convert = _converter(_stored(size, self.info.rotation), "yuv420p" if via_i420 else "rgb24")
         got: dict[int, np.ndarray] = {}
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
@@ -606,5 +612,7 @@ class VideoReader:
         if not got:
             raise VideoError(f"none of the requested frames decode: {self.path}", kind="decode_error")
         last = got[max(got)]
-        out = np.stack([got.get(i, got.get(min(got, key=lambda k: abs(k - i)), last)) for i in indices])
-        return _orient(out, self.info.rotation)
+        out = [got.get(i, got.get(min(got, key=lambda k: abs(k - i)), last)) for i in indices]
+        if via_i420:
+            return np.stack([i420_to_rgb(x, self.info.rotation) for x in out])
+        return _orient(np.stack(out), self.info.rotation)

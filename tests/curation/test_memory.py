@@ -65,7 +65,8 @@ def test_a_one_minute_720p_video_is_split_and_scored_within_the_memory_bounds(me
     assert bm.clips_of(m) >= 8, _explain(m)  # a cut every 7.5 s
     stages = {w.label for w in m.workers()}
     if executor == "ray":
-        assert any("ScoreGroup" in s for s in stages) and any("_call" in s for s in stages), stages
+        # probe as tasks; the split and the scorers in one actor pool, on one decode (curation.splitscore)
+        assert any("SplitScoreStage" in s for s in stages) and any("_call" in s for s in stages), stages
     else:
         assert stages == {"local worker"}, stages
 

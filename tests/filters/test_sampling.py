@@ -46,8 +46,8 @@ def test_group_one_read_per_video_and_all_columns(vids, monkeypatch):
     rows = [clip_row(a, 0, 24), clip_row(a, 24, 48), clip_row(b), {**clip_row(b), "clip_id": None}]
     reads = []
     original = VideoReader.read
-    monkeypatch.setattr(VideoReader, "read", lambda self, idx, size=None: reads.append(self.path)
-                        or original(self, idx, size))
+    monkeypatch.setattr(VideoReader, "read", lambda self, idx, size=None, **kw: reads.append(self.path)
+                        or original(self, idx, size, **kw))
     group = _group()
     out = group(table(rows))
     assert sorted(reads) == sorted([a.path, b.path])  # one decode per video, shared by 4 scorers

@@ -1,0 +1,167 @@
+"""The split and the CPU scorers after it on one decode of each video. Scored apart, every clip is
+decoded a second time for its samples, and on real footage decoding is most of the cost (1080p H.264 at
+9 Mbit/s: ~7 ms a frame, against ~1 ms to scale it; benchmarks/RESULTS.md "Decode once").
+
+While the split streams a video at its analysis size, a FrameTap keeps the frames the scorers' request
+asks for, at their size (as YUV 4:2:0), from where the first undecided clip starts. Every SETTLE_EVERY
+frames the clips the detections have already decided (ShotDetector.settle: shots and windows that ended
+more than `lag()` frames ago) take their samples from the tap and are scored at once; the tap then lets
+go of the frames before the next undecided clip, so it holds about max_clip_s + lag of frames (~120 MB
+at 640x360, 24 fps; capped by TAP_BYTES). When the video ends, the split's exact clips (its one fusion of
+everything the detectors found) are matched with the clips scored on the way, by span and by every
+column the scorers read; those not scored yet take their samples from the tap, and any clip left (a
+detection that changed late, a frame dropped at the cap) is decoded again as before. The samples are the
+same pixels either way (curation.frames), so the lake is the one the split and the scorers write apart:
+tested on the fixtures, the decode-once path must leave every column equal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from curation.frames import ClipFrames, FrameTap, merge_requests
+from curation.scoring import CLIPS_PER_BATCH, ScoreGroup, run_scorers, score_table
+from curation.split import ShotDetector, SplitStage, clip_columns
+from curation.stage import Resources, Stage
+from curation.timeline import Timeline
+from curation.video import VideoInfo
+
+
+def joins(stage: Stage, group: ScoreGroup) -> bool:
+    """Whether `stage` is a split the CPU scorer group after it can take its frames from: one that decodes
+    through PyAV and decides clips as it goes (TransNetV2 decides at the end of each video)."""
+    return (type(stage) is SplitStage and stage.params.backend != "decord"
+            and "transnetv2" not in stage.params.detectors and group.feed is None)
+
+
+@dataclass
+class _Scored:
+    inputs: dict  # the columns the scorers read, as they were when the clip was scored
+    columns: dict
+    failures: list[dict]
+
+
+class _Watch:
+    """Follows one video's split decode (curation.split.SplitWatch): keeps its frames in a tap and scores
+    each clip as soon as the detections decide it."""
+
+    def __init__(self, stage: SplitScoreStage, row: dict):
+        self.stage, self.row = stage, row
+        self.tap: FrameTap | None = None
+        self.base = 0  # where the first undecided shot or window starts
+        self.scored: dict[tuple[int, int], _Scored] = {}
+
+    def start(self, info: VideoInfo) -> Callable[[int, object], None] | None:
+        try:
+            self.tap = FrameTap(info, self.stage.request)
+        except Exception:  # noqa: BLE001 - no tap (a size the scaler refuses): every clip decodes again
+            return None
+        return self._frame
+
+    def _frame(self, index: int, frame) -> None:
+        if self.tap is None:
+            return
+        try:
+            self.tap(index, frame)
+        except Exception:  # noqa: BLE001 - a frame the tap cannot convert: every clip decodes again
+            self.tap = None
+
+    def settle(self, det: ShotDetector, times: Timeline) -> None:
+        if self.tap is None:
+            return
+        spans, self.base = det.settle(self.base, times)
+        clips: list[tuple[int, ClipFrames]] = []
+        for span in spans:
+            frames = self.tap.take(span.start, span.end)
+            if frames is None:
+                continue
+            frames.row = {**self.row, **clip_columns(self.row["video_id"], span, times)}
+            frames.clip_id, frames.uri = frames.row["clip_id"], frames.row["uri"]
+            clips.append((len(clips), frames))
+        self.tap.release(self.base)
+        if not clips:
+            return
+        inputs = [self.stage.inputs(c.row) for _, c in clips]
+        outs: list[dict] = [{} for _ in clips]
+        fails: list[list[dict]] = [[] for _ in clips]
+        run_scorers(self.stage.group.scorers, clips, outs, fails, self.stage.group.timings)
+        for (_, c), seen, columns, items in zip(clips, inputs, outs, fails):
+            self.scored[(c.row["start_frame"], c.row["end_frame"])] = _Scored(seen, columns, items)
+
+
+class SplitScoreStage(Stage):
+    """A SplitStage and the CPU ScoreGroup after it in one worker, on one decode of each video. The
+    columns, failures and provenance are those of the two stages; one video per call."""
+
+    name = "split+score"
+    version = "1"
+    stateful = True
+
+    def __init__(self, split: SplitStage, group: ScoreGroup):
+        a, b = split.resources, group.resources
+        conc = [r.concurrency for r in (a, b) if r.concurrency]
+        super().__init__(None, Resources(num_cpus=max(a.num_cpus, b.num_cpus), batch_size=1,
+                                         concurrency=min(conc) if conc else None,
+                                         retries=max(a.retries, b.retries)))
+        self.split, self.group = split, group
+        self.request = merge_requests([s.request() for s in group.scorers])
+        # where each clip's samples came from: scored while the split decoded, taken from the tap at the
+        # video's end, or decoded again
+        self.sources = {"on the way": 0, "at the end": 0, "decoded again": 0}
+        made = set(group.output_columns())
+        self._read = sorted({c for s in group.scorers for c in s.input_columns() if c not in made})
+
+    def inputs(self, row: dict) -> dict:
+        """The columns of `row` the scorers read (and no scorer of the group writes)."""
+        return {c: row.get(c) for c in self._read}
+
+    def input_columns(self) -> list[str]:
+        return self.split.input_columns()
+
+    def output_columns(self) -> list[str]:
+        return [*self.split.output_columns(), *self.group.output_columns()]
+
+    def output_fields(self) -> list[pa.Field]:
+        return self.group.output_fields()
+
+    def provenance(self) -> dict:
+        return {"stage": self.name, "version": self.version,
+                "members": [self.split.provenance(), self.group.provenance()]}
+
+    def setup(self) -> None:
+        self.group.ensure_setup()
+
+    def teardown(self) -> None:
+        self.group.teardown()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.ensure_setup()
+        parts = [self._video(row, batch.schema) for row in batch.to_pylist()]
+        return pa.concat_tables(parts) if parts else batch
+
+    def _video(self, row: dict, schema: pa.Schema) -> pa.Table:
+        watch = _Watch(self, row)
+        rows = self.split.split_row(row, watch)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        parts = []
+        for s in range(0, len(rows), CLIPS_PER_BATCH):  # bounds the samples made at once, as ScoreGroup does
+            scored: dict[int, tuple[dict, list[dict]]] = {}
+            frames: dict[int, ClipFrames] = {}
+            for j, r in enumerate(rows[s:s + CLIPS_PER_BATCH]):
+                if r.get("clip_id") is None:
+                    continue
+                span = (r["start_frame"], r["end_frame"])
+                done = watch.scored.pop(span, None)
+                if done is not None and done.inputs == self.inputs(r):
+                    scored[j] = (done.columns, done.failures)
+                    self.sources["on the way"] += 1
+                elif watch.tap is not None and (held := watch.tap.take(*span)) is not None:
+                    frames[j] = held
+                    self.sources["at the end"] += 1
+                else:
+                    self.sources["decoded again"] += 1
+            parts.append(score_table(table.slice(s, CLIPS_PER_BATCH), self.group.scorers, self.group.name,
+                                     self.group.timings, None, self.resources.threads, scored, frames))
+        return pa.concat_tables(parts)

@@ -1,0 +1,126 @@
+"""Decode once (curation.splitscore): the split and the CPU scorers after it share each video's decode,
+and the lake is the one the two stages write apart, whichever way each clip got its samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from curation import frames as frames_module
+from curation import scoring, synth
+from curation.inputs import discover
+from curation.local import run_chain
+from curation.pipeline import load_pipeline
+from curation.runner import input_blocks, output_fields, row_schema
+from curation.scoring import fuse
+from curation.split import SplitParams, SplitStage
+from curation.splitscore import SplitScoreStage
+from curation.stage import Stage
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    """The demo videos plus a long take (two 10 s windows and a short tail), cuts on both sides of it, a
+    dissolve, a portrait video and a 60 fps one."""
+    folder = tmp_path_factory.mktemp("once")
+    synth.demo_set(folder)
+    synth.make_video(folder / "long.mp4", [synth.Shot("coffee", 60, pan=(1, 0)),
+                                           synth.Shot("astronaut", 560, pan=(0.5, 0.3), text="A long take"),
+                                           synth.Shot("rocket", 70, zoom=1.004)], size=(320, 180))
+    synth.edit_with_transitions(str(folder / "edit.mp4"))
+    synth.make_video(folder / "tall.mp4", [synth.Shot("chelsea", 80, pan=(0, 1)), synth.Shot("camera", 70)],
+                     size=(180, 320))
+    synth.make_video(folder / "fast.mp4", [synth.Shot("motorcycle", 200, pan=(2, 0)), synth.Shot("page", 150)],
+                     size=(320, 180), fps=60)
+    return folder
+
+
+def _plans(overrides=()):
+    built = load_pipeline("default", list(overrides)).build(available=[])
+    once = fuse([b for b in built if isinstance(b, Stage)])
+    apart = [x for s in once for x in ((s.split, s.group) if isinstance(s, SplitScoreStage) else (s,))]
+    return once, apart
+
+
+def _run(stages, folder) -> list[dict]:
+    files, _ = discover([str(folder)], None, exclude=[])
+    blocks = input_blocks(files, row_schema(output_fields(stages)))
+    rows = [r for b in blocks for r in run_chain(stages, b).to_pylist()]
+    return sorted(rows, key=lambda r: (r["uri"], r.get("clip_id") or ""))
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Clip rows decoded again by the scorers (decode_clips)."""
+    seen: list[str] = []
+    real = scoring.decode_clips
+
+    def counting(rows, request, threads=None):
+        seen.extend(r["clip_id"] for r in rows)
+        return real(rows, request, threads)
+
+    monkeypatch.setattr(scoring, "decode_clips", counting)
+    return seen
+
+
+def test_the_default_plan_splits_and_scores_on_one_decode():
+    once, _ = _plans()
+    fused = [s for s in once if isinstance(s, SplitScoreStage)]
+    assert len(fused) == 1 and [type(s).__name__ for s in once][:2] == ["ProbeStage", "SplitScoreStage"]
+    assert {s.name for s in fused[0].group.scorers} == {"clarity", "motion", "ocr", "borders", "embedding"}
+    # TransNetV2 decides at the end of a video, and decord cannot share its decode: those stay apart
+    for override in ("split.detectors=[content,transnetv2]", "split.backend=decord"):
+        assert not any(isinstance(s, SplitScoreStage) for s in _plans([override])[0])
+
+
+def test_decode_once_writes_what_the_stages_write_apart(footage, decodes):
+    once, apart = _plans()
+    fused = next(s for s in once if isinstance(s, SplitScoreStage))
+    together = _run(once, footage)
+    again = len(decodes)
+    separate = _run(apart, footage)
+    clips = [r for r in separate if r["clip_id"]]
+    assert len(clips) >= 20 and len(decodes) - again == len(clips)  # apart: every clip decoded twice
+    assert together == separate  # every column of every row, scores and failures included
+    # together: clips scored while the split still decoded (those ending more than lag() = 121 frames
+    # before a video's end: 8 of 22 on these short videos), the rest from the tap at the end; none decoded
+    # again (no detection changed more than lag() frames back)
+    assert again == 0 and fused.sources["decoded again"] == 0
+    assert fused.sources["on the way"] >= 6 and sum(fused.sources.values()) == len(clips)
+    long_take = [r for r in clips if "long" in r["uri"]]
+    assert {300, 540, 620} <= {r["end_frame"] for r in long_take}  # two 10 s windows and the tail
+    assert any(r["text_area"] > 0 for r in long_take)
+
+
+def test_clips_the_tap_lost_are_decoded_again_to_the_same_scores(footage, decodes, monkeypatch):
+    """A tap that holds ~12 frames (the cap) keeps almost nothing a clip needs: those clips decode again,
+    with the same pixels, so the lake is the same."""
+    monkeypatch.setattr(frames_module, "TAP_BYTES", 12 * 640 * 360 * 3 // 2)
+    once, apart = _plans()
+    fused = next(s for s in once if isinstance(s, SplitScoreStage))
+    together = _run(once, footage)
+    assert fused.sources["decoded again"] > 10 and len(decodes) == fused.sources["decoded again"]
+    assert together == _run(apart, footage)
+
+
+def test_a_late_change_of_the_detections_is_caught(footage, monkeypatch):
+    """settle() guesses; a guess the final fusion overturns must not keep its scores. With lag() 0 every
+    clip is decided on the newest frame, so shots end where the next frame merely has not cut yet: their
+    spans differ from the final ones, are not used, and the lake stays the same."""
+    monkeypatch.setattr("curation.split.ShotDetector.lag", lambda self: 0)
+    once, apart = _plans()
+    fused = next(s for s in once if isinstance(s, SplitScoreStage))
+    together = _run(once, footage)
+    monkeypatch.undo()
+    assert together == _run(apart, footage)
+    assert fused.sources["decoded again"] > 5
+
+
+def test_a_subclassed_split_keeps_its_own_stage():
+    from filters.clarity import ClarityScorer
+
+    class Mine(SplitStage):
+        def split_row(self, row):
+            return super().split_row(row)
+
+    assert [type(s) for s in fuse([Mine(SplitParams()), ClarityScorer()])] == [Mine, scoring.ScoreGroup]
+    assert [type(s) for s in fuse([SplitStage(), ClarityScorer()])] == [SplitScoreStage]
