@@ -396,6 +396,45 @@ def profile(paths: list[str], folder: str, rate: int = 50) -> str:
         return profile_table(f.read(), rate)
 
 
+def frame_costs(paths: list[str]) -> str:
+    """CPU ms a frame, one decoder thread, over the first video of each size: decoding alone, decoding and
+    scaling to the split's 256 px BGR, and that plus the scorers' 640 px I420 (what decode-once adds per
+    frame) or their 640 px RGB; a second decode of every frame is what decode-once saves."""
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    def cost(path: str, outs: list[tuple[str, int]]) -> float:
+        t = time.process_time()
+        with av.open(path) as c:
+            stream = c.streams.video[0]
+            stream.thread_count = 1
+            scalers = [VideoReformatter() for _ in outs]
+            n = 0
+            for frame in c.decode(stream):
+                n += 1
+                for scaler, (fmt, side) in zip(scalers, outs):  # the longer side, never up (as fit_size)
+                    width = min(side, frame.width) if frame.width >= frame.height else frame.width
+                    h = round(frame.height * width / frame.width / 2) * 2
+                    scaler.reformat(frame, format=fmt, width=width, height=h).to_ndarray()
+        return (time.process_time() - t) / max(n, 1) * 1000
+
+    lines = ["| video | decode | + 256 px BGR (split) | + 640 px I420 (tap) | + 640 px RGB |", "|---|---|---|---|---|"]
+    seen = set()
+    for path in paths:
+        name = os.path.basename(path)
+        key = name.split("_")[1].split(".")[0]
+        if key in seen:
+            continue
+        seen.add(key)
+        row = [cost(path, outs) for outs in ([], [("bgr24", 256)], [("bgr24", 256), ("yuv420p", 640)],
+                                             [("bgr24", 256), ("rgb24", 640)])]
+        with av.open(path) as c:
+            rate = os.path.getsize(path) * 8 / 1e6 / max(float(c.duration or 1) / av.time_base, 1e-3)
+        lines.append(f"| {name} ({rate:.1f} Mbit/s) | "
+                     + " | ".join(f"{v:.2f} ms" for v in row) + " |")
+    return "\n".join(lines)
+
+
 def section(args: argparse.Namespace) -> str:
     """The RESULTS.md heading of this run's kind of workload."""
     kind = [f"at {args.scale}x the footage"] if args.scale > 1 else []
@@ -430,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="also profile the default run with py-spy (pip install "
                     "py-spy) and print the stage table")
     ap.add_argument("--only-profile", action="store_true", help="only the py-spy profile")
+    ap.add_argument("--frame-costs", action="store_true", help="also print decode and scaling CPU ms a frame")
     ap.add_argument("--write", action="store_true", help="replace this benchmark's section of RESULTS.md")
     args = ap.parse_args(argv)
     if args.scale < 1 or args.repeats < 1:
@@ -462,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             first = (_median_first(first), _median_first(embedded), _median_first(reuse))
         results = {} if args.only_first_decode else measure(paths, seconds, tmp, args.repeats, extra)
     body = render(results, seconds, len(paths), first, args)
+    if args.frame_costs and paths:
+        body += f"\n\nDecode and scaling cost, CPU ms a frame (one thread):\n\n{frame_costs(paths)}"
     if table:
         body += f"\n\nProfile of `videocurate run default` over the same files (py-spy, 50 Hz):\n\n{table}"
     print(body)

@@ -19,8 +19,8 @@ from curation.stage import Stage
 
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory):
-    """The demo videos plus a long take (two 10 s windows and a short tail), cuts on both sides of it, a
-    dissolve, a portrait video and a 60 fps one."""
+    """The demo videos plus a long take (two 10 s windows and a short tail), cuts on both sides of it, an
+    edit with dissolves, fades, wipes and slides, a portrait video, a rotated one and a 60 fps one."""
     folder = tmp_path_factory.mktemp("once")
     synth.demo_set(folder)
     synth.make_video(folder / "long.mp4", [synth.Shot("coffee", 60, pan=(1, 0)),
@@ -31,6 +31,8 @@ def footage(tmp_path_factory):
                      size=(180, 320))
     synth.make_video(folder / "fast.mp4", [synth.Shot("motorcycle", 200, pan=(2, 0)), synth.Shot("page", 150)],
                      size=(320, 180), fps=60)
+    synth.make_video(folder / "turned.mp4", [synth.Shot("retina", 70, pan=(1, 1)), synth.Shot("coffee", 60)],
+                     size=(240, 160), rotation=90)  # stored landscape, shown portrait
     return folder
 
 
