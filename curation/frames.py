@@ -180,18 +180,24 @@ class FrameTap:
 
     def __init__(self, info: VideoInfo, request: FrameRequest, max_bytes: int | None = None):
         self.info, self.request, self.max_bytes = info, request, max_bytes or TAP_BYTES
-        self._convert = i420_converter(sample_size(info, request), info.rotation)
+        size = sample_size(info, request)
+        self._convert = i420_converter(size, info.rotation)
+        self.stored = size[::-1] if info.rotation in (90, 270) else size  # the planes' (w, h)
         self.frames: dict[int, np.ndarray] = {}  # frame number -> planes, in decode order
         self.floor = 0
         self.nbytes = 0
         self._last: tuple[object, np.ndarray | None] = (None, None)  # a repeated frame shares its planes
 
-    def __call__(self, index: int, frame) -> None:
+    def __call__(self, index: int, frame, scaled=None) -> None:
+        """Keep frame `index` (an `av.VideoFrame`); `scaled`: the same frame already in YUV 4:2:0 at
+        some size (VideoReader.iter_frames' `via`), used as it is when that is this tap's size."""
         if index < self.floor:
             return
         src, planes = self._last
         if frame is not src or planes is None:
-            planes = self._convert(frame)
+            fits = (scaled is not None and scaled.format.name == "yuv420p"
+                    and (scaled.width, scaled.height) == self.stored)
+            planes = scaled.to_ndarray() if fits else self._convert(frame)
             self._last = (frame, planes)
         self.frames[index] = planes
         self.nbytes += planes.nbytes

@@ -53,18 +53,18 @@ class _Watch:
         self.base = 0  # where the first undecided shot or window starts
         self.scored: dict[tuple[int, int], _Scored] = {}
 
-    def start(self, info: VideoInfo) -> Callable[[int, object], None] | None:
+    def start(self, info: VideoInfo) -> Callable[[int, object, object], None] | None:
         try:
             self.tap = FrameTap(info, self.stage.request)
         except Exception:  # noqa: BLE001 - no tap (a size the scaler refuses): every clip decodes again
             return None
         return self._frame
 
-    def _frame(self, index: int, frame) -> None:
+    def _frame(self, index: int, frame, scaled=None) -> None:
         if self.tap is None:
             return
         try:
-            self.tap(index, frame)
+            self.tap(index, frame, scaled)
         except Exception:  # noqa: BLE001 - a frame the tap cannot convert: every clip decodes again
             self.tap = None
 
