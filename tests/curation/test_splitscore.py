@@ -20,7 +20,8 @@ from curation.stage import Stage
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory):
     """The demo videos plus a long take (two 10 s windows and a short tail), cuts on both sides of it, an
-    edit with dissolves, fades, wipes and slides, a portrait video, a rotated one and a 60 fps one."""
+    edit with dissolves, fades, wipes and slides, a portrait video, a rotated one, a 60 fps one and one
+    with a variable frame rate."""
     folder = tmp_path_factory.mktemp("once")
     synth.demo_set(folder)
     synth.make_video(folder / "long.mp4", [synth.Shot("coffee", 60, pan=(1, 0)),
@@ -33,6 +34,9 @@ def footage(tmp_path_factory):
                      size=(320, 180), fps=60)
     synth.make_video(folder / "turned.mp4", [synth.Shot("retina", 70, pan=(1, 1)), synth.Shot("coffee", 60)],
                      size=(240, 160), rotation=90)  # stored landscape, shown portrait
+    import media
+
+    media.vfr_video(str(folder / "vfr.mkv"))  # variable frame rate: clip times from the timeline
     return folder
 
 
@@ -88,6 +92,7 @@ def test_decode_once_writes_what_the_stages_write_apart(footage, decodes):
     # again (no detection changed more than lag() frames back)
     assert again == 0 and fused.sources["decoded again"] == 0
     assert fused.sources["on the way"] >= 6 and sum(fused.sources.values()) == len(clips)
+    assert {"vfr.mkv", "turned.mp4", "tall.mp4", "fast.mp4"} <= {r["uri"].rsplit("/", 1)[-1] for r in clips}
     long_take = [r for r in clips if "long" in r["uri"]]
     assert {300, 540, 620} <= {r["end_frame"] for r in long_take}  # two 10 s windows and the tail
     assert any(r["text_area"] > 0 for r in long_take)
