@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from curation.errors import VideoError
-from curation.video import VideoInfo, VideoReader, fit_size, i420_converter, i420_to_rgb
+from curation.video import VideoInfo, VideoReader, fit_size, i420_converter, i420_to_rgb, stored_size
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class FrameTap:
         self.info, self.request, self.max_bytes = info, request, max_bytes or TAP_BYTES
         size = sample_size(info, request)
         self._convert = i420_converter(size, info.rotation)
-        self.stored = size[::-1] if info.rotation in (90, 270) else size  # the planes' (w, h)
+        self.stored = stored_size(size, info.rotation)  # the planes' (w, h)
         self.frames: dict[int, np.ndarray] = {}  # frame number -> planes, in decode order
         self.floor = 0
         self.nbytes = 0

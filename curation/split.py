@@ -221,8 +221,7 @@ class ShotDetector:
         longest candidate, its join, gap and hold, the spacing rule and the flash check's reach (121 at
         the defaults)."""
         g = self.gradual.s if self.gradual is not None else None
-        grad = g.max_frames + g.join + g.gap + g.hold if g is not None else 0
-        return grad + self.params.min_scene_len + 8
+        return (g.max_frames + g.join + g.gap + g.hold if g else 0) + self.params.min_scene_len + 8
 
     def settle(self, base: int, times: Timeline) -> tuple[list[ClipSpan], int]:
         """Clips decided so far, from frame `base` (where the first undecided shot or window starts) up to
@@ -317,17 +316,18 @@ def _sharp_start(window: np.ndarray, offset: int, tolerance: float = 0.9) -> int
 
 SETTLE_EVERY = 16  # frames between two SplitWatch.settle calls
 # The split scales each frame to 640 px (longer side) as YUV 4:2:0 first and to `analysis_width` from
-# there: two steps cost less than one from the native size (1080p: ~0.3 ms a frame), and the first is the
-# size the default scorers sample at (borders' 640 px), so when they share the split's decode their frames
-# cost nothing more (curation.splitscore; 0.65 ms a 1080p frame less than scaling to both apart).
+# there: the first is the size the default scorers sample at (borders' 640 px), so when they share the
+# split's decode (curation.splitscore) their frames cost no second scaling of the native frame. Measured
+# (benchmarks/RESULTS.md "Decode once"): 0-5 % of a default run's CPU saved, ~0.1-0.2 CPU-s more for a
+# split-only run over the 144 s workload. Always on, so a video's cuts do not depend on what follows.
 VIA_SIDE = 640
 
 
 class SplitWatch(Protocol):
     """What follows a split's decode of one video (curation.splitscore): `start(info)` returns the
     callback that sees every decoded frame and its 640 px version (VideoReader.iter_frames' on_frame;
-    None: not watching), and
-    `settle(detector, times)` runs every SETTLE_EVERY frames with the detections so far."""
+    None: not watching), and `settle(detector, times)` runs every SETTLE_EVERY frames with the
+    detections so far."""
 
     def start(self, info: VideoInfo) -> Callable[[int, object, object], None] | None: ...
 

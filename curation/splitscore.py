@@ -16,15 +16,16 @@ tested on the fixtures, the decode-once path must leave every column equal."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from curation.frames import ClipFrames, FrameTap, merge_requests
-from curation.scoring import CLIPS_PER_BATCH, ScoreGroup, run_scorers, score_table
+from curation.scoring import CLIPS_PER_BATCH, ScoreGroup, group_resources, run_scorers, score_table
 from curation.split import ShotDetector, SplitStage, clip_columns
-from curation.stage import Resources, Stage
+from curation.stage import Stage
 from curation.timeline import Timeline
 from curation.video import VideoInfo
 
@@ -100,11 +101,8 @@ class SplitScoreStage(Stage):
     stateful = True
 
     def __init__(self, split: SplitStage, group: ScoreGroup):
-        a, b = split.resources, group.resources
-        conc = [r.concurrency for r in (a, b) if r.concurrency]
-        super().__init__(None, Resources(num_cpus=max(a.num_cpus, b.num_cpus), batch_size=1,
-                                         concurrency=min(conc) if conc else None,
-                                         retries=max(a.retries, b.retries)))
+        # one worker holds both: the most CPUs and retries either asks for, one video per call
+        super().__init__(None, dataclasses.replace(group_resources([split, group], gpu=False), batch_size=1))
         self.split, self.group = split, group
         self.request = merge_requests([s.request() for s in group.scorers])
         # where each clip's samples came from: scored while the split decoded, taken from the tap at the

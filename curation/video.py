@@ -362,7 +362,8 @@ def fit_size(width: int, height: int, target_width: int | None = None, max_side:
     return w, h
 
 
-def _stored(size: Size | None, rotation: int) -> Size | None:
+def stored_size(size: Size | None, rotation: int) -> Size | None:
+    """(w, h) of a display-orientation size as the frames are stored (swapped for 90/270 rotations)."""
     if size is None or rotation not in (90, 270):
         return size
     return size[1], size[0]
@@ -396,7 +397,7 @@ def i420_converter(size: Size, rotation: int = 0):
     stored orientation: half the bytes of RGB, and the cheapest conversion a scaler makes (1080p H.264 to
     640 px: 0.8 ms a frame vs 1.8 for RGB). `i420_to_rgb` makes the RGB picture when it is wanted. A frame
     already in YUV 4:2:0 at that size (`iter_frames(via=...)`) converts to the same planes for free."""
-    return _converter(_stored(size, rotation), "yuv420p")
+    return _converter(stored_size(size, rotation), "yuv420p")
 
 
 def i420_to_rgb(planes: np.ndarray, rotation: int = 0) -> np.ndarray:
@@ -431,8 +432,8 @@ def _get_batches(vr, indices: list[int], chunk: int = 32) -> np.ndarray:
 
 class VideoReader:
     """Decode one file. `iter_frames` streams every frame with bounded memory; `read` fetches a list of
-    frame indices. `backend='auto'` (and 'pyav') decode through PyAV; 'decord' streams and reads with decord,
-    falling back to PyAV from the frame where a stream fails."""
+    frame indices. `backend='auto'` (and 'pyav') decode through PyAV; 'decord' streams and reads with decord
+    (streams that also feed `on_frame` or scale `via` another size, and I420 reads, still go through PyAV)."""
 
     def __init__(self, path: str | os.PathLike, backend: Backend = "auto", info: VideoInfo | None = None,
                  threads: int | None = None):
@@ -455,18 +456,10 @@ class VideoReader:
         # container's claim (a Matroska duration of 10^9 frames: std::bad_alloc), and keeps decoded frames
         # in memory that grows with the file (+371/+649 MiB for 128 frames of 1/20-minute 1080p files).
         if backend == "decord":
-            self._decord = self._open_decord(required=True)
-
-    def _open_decord(self, required: bool):
-        try:
             import decord
 
             decord.bridge.set_bridge("native")
-            return decord
-        except ImportError:
-            if required:
-                raise
-            return None
+            self._decord = decord
 
     def _unchanged(self, now: str) -> None:
         """The file still is the one probed (size and mtime), when the info knows them: a file rewritten,
@@ -498,32 +491,24 @@ class VideoReader:
                     via: Size | None = None) -> Iterator[np.ndarray]:
         """Every frame in order, uint8 (H, W, 3) RGB (or BGR for OpenCV code), at `size` (display w, h)
         or native size. The file is checked against its probe before the first frame and after the last.
-        `via`: scale each frame to this size as YUV 4:2:0 first and to `size` from there (two cheap
-        steps; 1080p to 256 px through 640: 0.65 ms a frame less than scaling to 256 px and to 640 px
-        apart). `on_frame(index, frame, scaled)` also sees each decoded `av.VideoFrame` (native size,
-        stored orientation; a repeated frame is the same object) and its `via` version (or None) before
-        its picture is yielded, so a second consumer can keep frames at its own size from the same decode
+        `via`: scale each frame to this size as YUV 4:2:0 first and to `size` from there, so a consumer
+        of `via`-sized frames gets them without scaling the native frame a second time.
+        `on_frame(index, frame, scaled)` also sees each decoded `av.VideoFrame` (native size, stored
+        orientation; a repeated frame is the same object) and its `via` version (or None) before its
+        picture is yielded, so a second consumer can keep frames at its own size from the same decode
         (curation.frames.FrameTap). `on_frame` and `via` stream through PyAV whatever the backend."""
         self._unchanged("before decoding")
         yield from self._frames(size, chunk, bgr, on_frame, via)
         self._unchanged("after decoding")
 
     def _frames(self, size: Size | None, chunk: int, bgr: bool, on_frame=None, via=None) -> Iterator[np.ndarray]:
-        done = 0
-        if self._decord is not None and on_frame is None and via is None:
-            if bgr:
-                import cv2  # a channel swap in OpenCV: ~30x faster than numpy's reversed copy (0.4 s per 3,600 frames)
-            try:
-                for frame in self._iter_decord(size, chunk):
-                    yield cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if bgr else frame
-                    done += 1
-                return
-            except VideoError:
-                raise
-            except Exception:
-                if self.backend == "decord":
-                    raise
-        yield from self._iter_pyav(size, skip=done, fmt="bgr24" if bgr else "rgb24", on_frame=on_frame, via=via)
+        if self._decord is None or on_frame is not None or via is not None:
+            yield from self._iter_pyav(size, fmt="bgr24" if bgr else "rgb24", on_frame=on_frame, via=via)
+            return
+        import cv2  # a channel swap in OpenCV: ~30x faster than numpy's reversed copy (0.4 s per 3,600 frames)
+
+        for frame in self._iter_decord(size, chunk):
+            yield cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if bgr else frame
 
     def _decord_reader(self, size: Size | None):
         if self.info.rotation:
@@ -539,11 +524,11 @@ class VideoReader:
         for start in range(0, n, chunk):
             yield from vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
-    def _iter_pyav(self, size: Size | None, skip: int = 0, fmt: str = "rgb24", on_frame=None,
+    def _iter_pyav(self, size: Size | None, fmt: str = "rgb24", on_frame=None,
                    via: Size | None = None) -> Iterator[np.ndarray]:
         rotation = self.info.rotation
-        convert = _converter(_stored(size, rotation), fmt)
-        shrink = _scaler(_stored(via, rotation), "yuv420p") if via else None
+        convert = _converter(stored_size(size, rotation), fmt)
+        shrink = _scaler(stored_size(via, rotation), "yuv420p") if via else None
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
             _threads(stream, self.threads)
@@ -554,14 +539,13 @@ class VideoReader:
                     last, small, picture = frame, None, None
                 elif last is None:
                     continue  # a repeat before any picture shows nothing
-                if index >= skip:
-                    if shrink is not None and small is None:
-                        small = shrink(last)
-                    if on_frame is not None:
-                        on_frame(index, last, small)
-                    if picture is None:
-                        picture = _orient(convert(last if small is None else small), rotation)
-                    yield picture
+                if shrink is not None and small is None:
+                    small = shrink(last)
+                if on_frame is not None:
+                    on_frame(index, last, small)
+                if picture is None:
+                    picture = _orient(convert(last if small is None else small), rotation)
+                yield picture
                 index += 1
             if index == 0:
                 raise VideoError(f"no frame decodes: {self.path}", kind="decode_error")
@@ -581,9 +565,9 @@ class VideoReader:
         if not indices:
             w, h = size or (self.info.width, self.info.height)
             return np.zeros((0, h, w, 3), np.uint8)
-        # "auto" reads through PyAV: one forward pass over the requested span, seeking only across long gaps,
-        # costs less than decord's seek per index (the pipeline benchmark's 36 clips x 16 frames at 640 px:
-        # 3.8-4.4 vs 5.5-6.2 CPU-s), with the same bilinear scaler (pixels within 5 levels)
+        # PyAV's one forward pass over the requested span, seeking only across long gaps, costs less than
+        # decord's seek per index (the pipeline benchmark's 36 clips x 16 frames at 640 px: 3.8-4.4 vs 5.5-6.2
+        # CPU-s); decord reads only when asked for (backend "decord"), and never the scorers' I420 frames
         if self._decord is not None and not via_i420:
             vr = self._decord_reader(size)
             return _get_batches(vr, [min(max(i, 0), len(vr) - 1) for i in indices])
@@ -594,7 +578,7 @@ class VideoReader:
         seek, the frame's number comes from its timestamp through the timeline)."""
 
         wanted = sorted(set(indices))
-        convert = _converter(_stored(size, self.info.rotation), "yuv420p" if via_i420 else "rgb24")
+        convert = _converter(stored_size(size, self.info.rotation), "yuv420p" if via_i420 else "rgb24")
         got: dict[int, np.ndarray] = {}
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
