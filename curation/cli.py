@@ -39,6 +39,16 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from curation.lake import Lake
+
+    lake = Lake(args.lake, create=False)
+    if args.column:
+        lake.index(args.table, args.column)
+    print(f"{args.table}: BTREE on {', '.join(lake.indexed_columns(args.table)) or 'no column'}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from curation.export import export_tier
 
@@ -154,6 +164,13 @@ def parser() -> argparse.ArgumentParser:
                    help="table: aligned text, at most --max-rows rows; csv/json: every row, streamed")
     q.add_argument("--max-rows", type=int, default=40, help="rows the table format shows (default 40)")
     q.set_defaults(func=cmd_sql)
+
+    ix = sub.add_parser("index", help="give columns a BTREE index: range filters and top-k (order by c limit k) "
+                        "on them read the index instead of scanning; later writes keep it; no column: list them")
+    ix.add_argument("column", nargs="*", help="e.g. aesthetic clarity")
+    ix.add_argument("--lake", "-l", required=True)
+    ix.add_argument("--table", "-t", default="clips")
+    ix.set_defaults(func=cmd_index)
 
     tb = sub.add_parser("tables", help="list the lake's tables (rows, version) and, with --producers, "
                         "which stage, version and parameters produced each score column")

@@ -36,6 +36,22 @@ def _locked(method):
     return wrapper
 
 
+def _keeps_indices(method):
+    """A locked write that changes rows of `table` (its first argument): afterwards the table's BTREE indices
+    cover every row again (new fragments joined in, an index a rewrite dropped made again)."""
+
+    @functools.wraps(method)
+    def wrapper(self, table, *args, **kwargs):
+        with self.lock():
+            before = self.indexed_columns(table)
+            out = method(self, table, *args, **kwargs)
+            if before:
+                self._reindex(table, before)
+            return out
+
+    return wrapper
+
+
 class Lake:
     """A lake directory. Tables are created on first write; reads of a missing table return None.
 
@@ -104,7 +120,7 @@ class Lake:
         return 0 if ds is None else ds.count_rows(filter=where)
 
     # ---- writes ----------------------------------------------------------------------------------
-    @_locked
+    @_keeps_indices
     def append(self, table: str, data: pa.Table) -> None:
         """Append rows, creating the table if needed. New columns in `data` are added to the table
         (null for old rows); columns missing from `data` are filled with nulls."""
@@ -132,18 +148,18 @@ class Lake:
                 cols.append(pa.nulls(data.num_rows, f.type))
         return pa.Table.from_arrays(cols, schema=pa.schema([pa.field(f.name, f.type) for f in have]))
 
-    @_locked
+    @_keeps_indices
     def overwrite(self, table: str, data: pa.Table) -> None:
         os.makedirs(os.path.dirname(self.path(table)), exist_ok=True)
         lance.write_dataset(data, self.path(table), mode="overwrite")
 
-    @_locked
+    @_keeps_indices
     def delete(self, table: str, where: str) -> None:
         ds = self.dataset(table)
         if ds is not None:
             ds.delete(where)
 
-    @_locked
+    @_keeps_indices
     def merge_columns(self, table: str, data: pa.Table, on: str) -> None:
         """Set columns of existing rows from `data`, matched on key `on`.
 
@@ -161,7 +177,7 @@ class Lake:
         if old:
             ds.merge_insert(on).when_matched_update_all().execute(data.select([on, *old]))
 
-    @_locked
+    @_keeps_indices
     def add_computed_columns(self, table: str, udf, read_columns: list[str], replace: list[str] = (),
                              batch_size: int | None = None) -> None:
         """Add columns computed fragment by fragment by a `lance.batch_udf` from `read_columns` (which may
@@ -174,7 +190,7 @@ class Lake:
             ds = self.dataset(table)
         ds.add_columns(udf, read_columns=read_columns, batch_size=batch_size)
 
-    @_locked
+    @_keeps_indices
     def update(self, table: str, values: dict[str, str], where: str) -> int:
         """Set columns to SQL expressions on the rows matching `where`; the number of rows updated."""
         ds = self.dataset(table)
@@ -189,6 +205,40 @@ class Lake:
         if ds is None:
             return iter(())
         return ds.to_batches(columns=columns, filter=where, batch_size=batch_size)
+
+    # ---- scalar indices --------------------------------------------------------------------------
+    def indexed_columns(self, table: str) -> list[str]:
+        """The columns of `table` with a BTREE index (what `videocurate index` makes)."""
+        ds = self.dataset(table)
+        if ds is None:
+            return []
+        return sorted({f for d in ds.describe_indices() if d.type_url.endswith("BTreeIndexDetails")
+                       for f in d.field_names})
+
+    @_locked
+    def index(self, table: str, columns: list[str]) -> None:
+        """Give each column a BTREE index (replacing one it has): range filters and top-k queries on it are
+        answered from the index instead of a scan (curation.sqlrewrite). Every later write keeps it whole."""
+        ds = self.dataset(table)
+        if ds is None:
+            raise ConfigError(f"no table {table!r} in {self.root}")
+        missing = [c for c in columns if ds.schema.get_field_index(c) < 0]
+        if missing:
+            raise ConfigError(f"table {table!r} has no column {', '.join(map(repr, missing))}")
+        for column in columns:
+            ds.create_scalar_index(column, "BTREE", replace=True)
+
+    def _reindex(self, table: str, columns: list[str]) -> None:
+        ds = self.dataset(table)
+        if ds is None:
+            return
+        have = set(self.indexed_columns(table))
+        lost = [c for c in columns if c not in have and ds.schema.get_field_index(c) >= 0]
+        covered = set().union(*(set(i["fragment_ids"]) for i in ds.list_indices())) if have else set()
+        if have and any(f.fragment_id not in covered for f in ds.get_fragments()):
+            ds.optimize.optimize_indices()  # rows written since: each index takes in the new fragments (ms)
+        for column in lost:  # an overwrite or a dropped column took the index with it
+            ds.create_scalar_index(column, "BTREE", replace=True)
 
     # ---- provenance ------------------------------------------------------------------------------
     def meta(self, table: str, key: str):

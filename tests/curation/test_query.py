@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 import curation.query as q
+import curation.sqlrewrite as sr
 from curation.lake import Lake
 from curation.query import connect, print_query, query, render
 from curation.sqlrewrite import top_k, without_order
@@ -81,9 +82,9 @@ def scans(monkeypatch) -> list[dict]:
     seen: list[dict] = []
     real = q.scan
 
-    def spy(ds, columns, where, late):
-        reader = real(ds, columns, where, late)
-        rec = {"columns": columns, "where": where, "late": late, "rows": 0}
+    def spy(ds, columns, where, late, use_index=False):
+        reader = real(ds, columns, where, late, use_index)
+        rec = {"columns": columns, "where": where, "late": late, "rows": 0, "index": use_index}
         seen.append(rec)
 
         def batches():
@@ -339,3 +340,82 @@ def test_top_k_reads_wide_columns_for_the_k_rows_only_and_answers_as_duckdb(lake
     # fewer rows than k: the query as given
     assert top_k(con, "select * from ties where i = 7 order by i limit 5") == \
         "select * from ties where i = 7 order by i limit 5"
+
+
+INDEXED = [
+    "select clip_id, note, capped from scores where not dup order by capped desc limit 20",
+    "select * from scores where not dup order by capped desc limit 5 offset 30",
+    "select clip_id, capped from scores order by capped asc limit 9",
+    "select scores.clip_id, scores.Unique_Key from scores where scores.dup order by scores.unique_key desc limit 25",
+    "select clip_id, unique_key from scores where unique_key < 0.5 and note like 'n1%' order by unique_key limit 40",
+    "select clip_id, rank from scores where rank % 3 = 0 order by rank desc limit 12",
+    "select clip_id, nanny from scores order by nanny desc limit 6",
+    "select clip_id, capped from scores where clip_id = 's000007' order by capped desc limit 3",
+]
+
+
+def test_top_k_from_a_btree_index_answers_as_duckdb_without_a_scan(tmp_path, scans):
+    """With a BTREE index on the key (Lake.index, `videocurate index`) a top-k reads no table scan: bounds are
+    counted in the index and the k rows taken by id. Same rows as DuckDB on a native copy — ties at a capped
+    value, NaN (above every number), NULL (last), offsets, a float and an integer key, a filter keeping half the
+    rows, one keeping a tenth, and one keeping a single row (index bound widened until it falls back to the scan
+    path); the indices stay whole through appends, updates and an overwrite."""
+    n = 200_000
+    rng = np.random.default_rng(7)
+    capped = np.minimum(rng.uniform(0, 12, n), 10.0).astype(np.float32)  # a sixth of the rows tie at 10
+    nanny = rng.normal(size=n)
+    nanny[rng.choice(n, 50, replace=False)] = np.nan
+    rows = pa.table({"clip_id": [f"s{i:06d}" for i in range(n)],
+                     "capped": pa.array(capped, mask=rng.random(n) < 0.01),
+                     "Unique_Key": pa.array(rng.permutation(n) / n, pa.float64()),
+                     "rank": pa.array(rng.permutation(n), pa.int32()),
+                     "nanny": pa.array(nanny, pa.float64()),
+                     "dup": pa.array(rng.random(n) < 0.5),
+                     "note": [f"n{i % 1000}" + "x" * 100 for i in range(n)]})
+    lake = Lake(tmp_path / "lake")
+    lake.overwrite("scores", rows)
+    lake.index("scores", ["capped", "Unique_Key", "rank", "nanny"])
+    assert lake.indexed_columns("scores") == ["Unique_Key", "capped", "nanny", "rank"]
+
+    def check(table: pa.Table, expect_index: int) -> None:
+        ref = duckdb.connect()
+        ref.register("arrow_scores", table)
+        ref.execute("create table scores as select * from arrow_scores")
+        con = connect(lake)
+        used = 0
+        for sql in INDEXED:
+            scans.clear()
+            rewritten = top_k(con, sql, q.lake_datasets(con))
+            got, want = con.sql(rewritten).fetchall(), ref.sql(sql).fetchall()
+            order = sql.split(" order by ")[1].split()[0].split(".")[-1].lower()
+            key = [c.lower() for c in ref.sql(sql).columns].index(order)
+            as_keys = [["nan" if isinstance(r[key], float) and math.isnan(r[key]) else r[key] for r in x]
+                       for x in (got, want)]
+            assert as_keys[0] == as_keys[1], sql
+            if "capped" not in sql and "nanny" not in sql:  # unique keys: the very same rows
+                assert got == want, sql
+            if not scans:  # answered from the index: nothing scanned
+                used += 1
+                assert "_videocurate_topk" in rewritten
+        assert used == expect_index
+    check(rows, len(INDEXED) - 1)  # the single-row filter falls back to the scan path
+    # a plain filter reads through the index only where each indexed predicate keeps few rows
+    con = connect(lake)
+    for where, index in [("capped >= 5 and not dup", False), ("rank < 100 and not dup", True),
+                         ("rank < 100 and capped >= 5", False), ("rank < 100 or clip_id = 'x'", True)]:
+        scans.clear()
+        got = con.sql(f"select count(*), sum(rank) from scores where {where}").fetchall()
+        ref = duckdb.sql(f"select count(*), sum(rank) from rows where {where}").fetchall()
+        assert got == ref and [s["index"] for s in scans] == [index], where
+    # appended rows (a new fragment, above every old key), updated keys and an overwrite keep the index whole
+    more = rows.slice(0, 1000).set_column(0, "clip_id", pa.array([f"t{i:06d}" for i in range(1000)]))
+    more = more.set_column(1, "capped", pa.array(np.full(1000, 11.0, np.float32)))
+    lake.append("scores", more)
+    assert sr._index_covers(lake.dataset("scores"), "capped")
+    lake.merge_columns("scores", pa.table({"clip_id": ["s000001"], "capped": pa.array([99.0], pa.float32())}),
+                       on="clip_id")
+    assert sr._index_covers(lake.dataset("scores"), "capped")
+    check(lake.dataset("scores").to_table(), len(INDEXED) - 1)
+    lake.overwrite("scores", rows.slice(0, 50_000))
+    assert lake.indexed_columns("scores") == ["Unique_Key", "capped", "nanny", "rank"]
+    check(rows.slice(0, 50_000), len(INDEXED) - 1)
