@@ -17,6 +17,8 @@ import pytest
 
 import curation.query as q
 import curation.sqlrewrite as sr
+from curation.cli import main as cli_main
+from curation.errors import ConfigError
 from curation.lake import Lake
 from curation.query import connect, print_query, query, render
 from curation.sqlrewrite import top_k, without_order
@@ -354,7 +356,7 @@ INDEXED = [
 ]
 
 
-def test_top_k_from_a_btree_index_answers_as_duckdb_without_a_scan(tmp_path, scans):
+def test_top_k_from_a_btree_index_answers_as_duckdb_without_a_scan(tmp_path, scans, capsys):
     """With a BTREE index on the key (Lake.index, `videocurate index`) a top-k reads no table scan: bounds are
     counted in the index and the k rows taken by id. Same rows as DuckDB on a native copy — ties at a capped
     value, NaN (above every number), NULL (last), offsets, a float and an integer key, a filter keeping half the
@@ -374,8 +376,10 @@ def test_top_k_from_a_btree_index_answers_as_duckdb_without_a_scan(tmp_path, sca
                      "note": [f"n{i % 1000}" + "x" * 100 for i in range(n)]})
     lake = Lake(tmp_path / "lake")
     lake.overwrite("scores", rows)
-    lake.index("scores", ["capped", "Unique_Key", "rank", "nanny"])
-    assert lake.indexed_columns("scores") == ["Unique_Key", "capped", "nanny", "rank"]
+    assert cli_main(["index", "capped", "Unique_Key", "rank", "nanny", "--lake", str(lake.root), "-t", "scores"]) == 0
+    assert capsys.readouterr().out == "scores: BTREE on Unique_Key, capped, nanny, rank\n"
+    with pytest.raises(ConfigError, match="no column 'nope'"):
+        lake.index("scores", ["nope"])
 
     def check(table: pa.Table, expect_index: int) -> None:
         ref = duckdb.connect()
