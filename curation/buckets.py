@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -308,9 +309,8 @@ def want_ray(rows: int) -> bool:
     (the local executor) only from RAY_STEP_ROWS rows, where an embedded Ray is started for them: its few
     seconds buy parallel tasks whose memory (a model's sample, a join's buckets) stays out of the driver,
     on a step of minutes (benchmarks/RESULTS_dedup.md: 10M rows, driver 1.48 GB)."""
-    import ray
-
-    if ray.is_initialized():
+    ray = sys.modules.get("ray")  # not imported: not running (importing it costs ~0.2 s)
+    if ray is not None and ray.is_initialized():
         return True
     if rows < RAY_STEP_ROWS:
         return False

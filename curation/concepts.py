@@ -137,13 +137,13 @@ def assign(ds, p: ConceptParams, centroids: np.ndarray, only_new: bool) -> pa.Ta
     """clip_id, concept, concept_distance for every clip with an embedding, streamed fragment by fragment
     (as Ray tasks when Ray is running); when `only_new`, clips that already have a concept keep it (read
     back, not recomputed)."""
-    import ray
-
     with_emb = f"{quote(p.column)} IS NOT NULL"
     where = f"{with_emb} AND concept IS NULL" if only_new else with_emb
     frags = [f.fragment_id for f in ds.get_fragments()]
     groups = [frags[i:i + 4] for i in range(0, len(frags), 4)]
     remote = want_ray(ds.count_rows())
+    if remote:
+        import ray  # only from RAY_STEP_ROWS rows on: importing it costs ~0.2 s
     ref = ray.put(centroids) if remote else centroids
     parts = [t for t in run_tasks(assign_fragments, [(ds.uri, ds.version, g, p, ref, where) for g in groups],
                                   remote) if t.num_rows]
