@@ -172,7 +172,8 @@ def _indexed_rows(con: duckdb.DuckDBPyConnection, ast: dict, ds: Any, key: str, 
     names = {f.name.lower(): f.name for f in ds.schema}  # DuckDB's identifiers are case-insensitive
     column = names.get(key.lower())
     kind = None if column is None else ds.schema.field(column).type
-    if kind is None or not (pa.types.is_integer(kind) or pa.types.is_float32(kind) or pa.types.is_float64(kind)):
+    if kind is None or pa.types.is_uint64(kind) or not (pa.types.is_integer(kind) or pa.types.is_float32(kind)
+                                                         or pa.types.is_float64(kind)):
         return None
     refs = [names.get(r.lower()) for r in _column_refs(node)]
     where = [names.get(r.lower()) for r in _column_refs(node.get("where_clause"))]
@@ -180,15 +181,16 @@ def _indexed_rows(con: duckdb.DuckDBPyConnection, ast: dict, ds: Any, key: str, 
         return None
     star = any(e.get("class") == "STAR" for e in node["select_list"])
     op = ">=" if descending else "<="
-    target = 2 * want + 16
+    target, sample = 2 * want + 16, _sample(ds, column)
+    sample = sample[::-1] if descending else sample  # in the query's order
     while target <= CANDIDATES_MAX:
-        found = _bound(ds, column, op, target)
+        found = _bound(ds, column, op, target, sample)
         if found is None or found[1] > CANDIDATES_MAX:
             return None
         ids = _pick(con, ast, _candidates(ds, column, op, found[0], where), want)
         if len(ids) == want:
             wide = [f.name for f in ds.schema if star or f.name in refs]
-            return _readable(ds._take_rows(ids, columns=wide))
+            return _readable(ds._take_rows(ids, columns=wide))  # by row id (pylance 14 has no public take by id)
         target *= 8
     return None
 
@@ -252,16 +254,14 @@ def _index_covers(ds: Any, column: str) -> bool:
     return outside <= INDEX_MAX_UNINDEXED * max(1, ds.count_rows())
 
 
-def _bound(ds: Any, column: str, op: str, target: int) -> tuple[Any, int] | None:
+def _bound(ds: Any, column: str, op: str, target: int, sample: np.ndarray) -> tuple[Any, int] | None:
     """(t, rows with `column op t`): a value of the key with at least `target` rows at or beyond it (`op` is >=
     for a descending order, <= ascending) and at most 8x that many, or with fewer than `target` strictly beyond
-    it (ties: no bound is tighter). Searched over a sample of the key's values sorted in the query's order,
+    it (ties: no bound is tighter). Searched over `sample`, values of the key sorted in the query's order,
     counting in the index: a gallop from the sample rank `target` should have, then bisection (a loose count
     costs time in proportion to the rows it counts). None when the sample's loosest value holds too few."""
-    sample = _sample(ds, column)
     if not len(sample):
         return None
-    sample = sample[::-1] if op == ">=" else sample
 
     def count(o: str, v: Any) -> int:
         return ds.count_rows(f"`{column}` {o} {_lance_value(v)}")

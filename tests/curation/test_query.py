@@ -414,6 +414,8 @@ def test_top_k_from_a_btree_index_answers_as_duckdb_without_a_scan(tmp_path, sca
     # appended rows (a new fragment, above every old key), updated keys and an overwrite keep the index whole
     more = rows.slice(0, 1000).set_column(0, "clip_id", pa.array([f"t{i:06d}" for i in range(1000)]))
     more = more.set_column(1, "capped", pa.array(np.full(1000, 11.0, np.float32)))
+    more = more.set_column(2, "Unique_Key", pa.array(1 + np.arange(1000) / 1000))  # keys stay unique
+    more = more.set_column(3, "rank", pa.array(n + np.arange(1000), pa.int32()))
     lake.append("scores", more)
     assert sr._index_covers(lake.dataset("scores"), "capped")
     lake.merge_columns("scores", pa.table({"clip_id": ["s000001"], "capped": pa.array([99.0], pa.float32())}),
