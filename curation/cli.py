@@ -90,7 +90,9 @@ def cmd_tables(args: argparse.Namespace) -> int:
     lake = Lake(args.lake, create=False)
     for name in lake.tables():
         ds = lake.dataset(name)
-        print(f"{name:16s} {ds.count_rows():>10d} rows  version {ds.version:<4d} {len(ds.schema.names)} columns")
+        indexed = lake.indexed_columns(name)
+        print(f"{name:16s} {ds.count_rows():>10d} rows  version {ds.version:<4d} {len(ds.schema.names)} columns"
+              + (f"  BTREE on {', '.join(indexed)}" if indexed else ""))
     if args.producers:
         print("\ncolumn producers (clips):")
         for col, prod in sorted(lake.producers("clips").items()):

@@ -378,6 +378,8 @@ def test_top_k_from_a_btree_index_answers_as_duckdb_without_a_scan(tmp_path, sca
     lake.overwrite("scores", rows)
     assert cli_main(["index", "capped", "Unique_Key", "rank", "nanny", "--lake", str(lake.root), "-t", "scores"]) == 0
     assert capsys.readouterr().out == "scores: BTREE on Unique_Key, capped, nanny, rank\n"
+    assert cli_main(["tables", "--lake", str(lake.root)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("BTREE on Unique_Key, capped, nanny, rank")
     with pytest.raises(ConfigError, match="no column 'nope'"):
         lake.index("scores", ["nope"])
 
