@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds_mod
 
 from curation.lake import Lake
+from curation.sqlrewrite import head_sample, readable_type, top_k, without_order
 from curation.sqlrewrite import quote_ident as _quote
-from curation.sqlrewrite import readable_type, top_k, without_order
 
 try:  # duckdb >= 2.0: Python scan sources that take the filters they can evaluate
     from duckdb._sources import ArrowScanSource
@@ -205,7 +205,7 @@ if ArrowScanSource is not None:
             if not on_index:
                 return False
             try:
-                sample = _head_sample(self.obj, sorted(set().union(*(_filter_columns(p) for p in on_index))))
+                sample = head_sample(self.obj, sorted(set().union(*(_filter_columns(p) for p in on_index))))
                 kept = [ds_mod.dataset(sample).count_rows(filter=arrow_predicate(p, sample.schema)) for p in on_index]
             except Exception:  # noqa: BLE001 - a predicate pyarrow cannot evaluate: scan, which is always right
                 return False
@@ -235,15 +235,6 @@ if ArrowScanSource is not None:
                 target = pa.schema([self.schema.field(n) for n in names])
                 reader = pa.RecordBatchReader.from_batches(target, (b.cast(target) for b in reader))
             return reader.__arrow_c_stream__(), True
-
-
-def _head_sample(ds: Any, columns: list[str], rows: int = 8192) -> pa.Table:
-    """`columns` of the first rows of up to 4 fragments spread over the table (~2 ms)."""
-    fragments = ds.get_fragments()
-    picked = fragments[:: max(1, len(fragments) // 4)][:4]
-    per = max(1, rows // max(1, len(picked)))
-    parts = [f.to_table(columns=columns, limit=per) for f in picked]
-    return pa.concat_tables(parts) if parts else ds.schema.empty_table().select(columns)
 
 
 def _cheapest(schema: pa.Schema) -> str | None:

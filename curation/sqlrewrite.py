@@ -39,7 +39,7 @@ _NUMERIC = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
 _VIEW = "_videocurate_topk"
 CANDIDATES_MAX = 50_000  # rows read around an index bound before the scan path is cheaper
 INDEX_MAX_UNINDEXED = 0.01  # the index path is taken while at most this share of rows is outside the index
-SAMPLE_ROWS = 8_192  # values of the key the bound search starts from (the heads of up to 4 fragments)
+SAMPLE_ROWS = 8_192  # rows of head_sample: what the bound search and the index rule start from
 
 
 def readable_type(t: pa.DataType) -> pa.DataType:
@@ -284,13 +284,19 @@ def _bound(ds: Any, column: str, op: str, target: int, sample: np.ndarray) -> tu
     return best
 
 
-def _sample(ds: Any, column: str) -> np.ndarray:
-    """Finite values of `column` from the heads of up to 4 fragments spread over the table, sorted ascending."""
+def head_sample(ds: Any, columns: list[str], rows: int = SAMPLE_ROWS) -> pa.Table:
+    """`columns` of the first rows of up to 4 fragments spread over the table (~2 ms): a sample that reads
+    no more than a few pages, wherever in the table the values drift."""
     fragments = ds.get_fragments()
     picked = fragments[:: max(1, len(fragments) // 4)][:4]
-    per = max(1, SAMPLE_ROWS // max(1, len(picked)))
-    values = [pc.drop_null(f.to_table(columns=[column], limit=per).column(0)).to_numpy() for f in picked]
-    values = np.concatenate(values) if values else np.zeros(0)
+    per = max(1, rows // max(1, len(picked)))
+    parts = [f.to_table(columns=columns, limit=per) for f in picked]
+    return pa.concat_tables(parts) if parts else ds.schema.empty_table().select(columns)
+
+
+def _sample(ds: Any, column: str) -> np.ndarray:
+    """Finite values of `column` from `head_sample`, sorted ascending."""
+    values = pc.drop_null(head_sample(ds, [column]).column(0)).to_numpy()
     return np.sort(values[np.isfinite(values)] if values.dtype.kind == "f" else values)
 
 
