@@ -36,6 +36,20 @@ def _locked(method):
     return wrapper
 
 
+def btree_columns(ds: lance.LanceDataset) -> set[str]:
+    """The columns of a Lance dataset with a BTREE index."""
+    return {f for d in ds.describe_indices() if d.type_url.endswith("BTreeIndexDetails") for f in d.field_names}
+
+
+def unindexed_fragments(ds: lance.LanceDataset, column: str) -> list:
+    """The fragments no segment of a BTREE index on `column` covers (all of them when there is none)."""
+    covered: set[int] = set()
+    for index in ds.list_indices():
+        if index.get("type") == "BTree" and list(index.get("fields", [])) == [column]:
+            covered |= set(index["fragment_ids"])
+    return [f for f in ds.get_fragments() if f.fragment_id not in covered]
+
+
 def _keeps_indices(method):
     """A locked write that changes rows of `table` (its first argument): afterwards the table's BTREE indices
     cover every row again (new fragments joined in, an index a rewrite dropped made again)."""
@@ -210,10 +224,7 @@ class Lake:
     def indexed_columns(self, table: str) -> list[str]:
         """The columns of `table` with a BTREE index (what `videocurate index` makes)."""
         ds = self.dataset(table)
-        if ds is None:
-            return []
-        return sorted({f for d in ds.describe_indices() if d.type_url.endswith("BTreeIndexDetails")
-                       for f in d.field_names})
+        return [] if ds is None else sorted(btree_columns(ds))
 
     @_locked
     def index(self, table: str, columns: list[str]) -> None:
@@ -232,10 +243,9 @@ class Lake:
         ds = self.dataset(table)
         if ds is None:
             return
-        have = set(self.indexed_columns(table))
+        have = btree_columns(ds)
         lost = [c for c in columns if c not in have and ds.schema.get_field_index(c) >= 0]
-        covered = set().union(*(set(i["fragment_ids"]) for i in ds.list_indices())) if have else set()
-        if have and any(f.fragment_id not in covered for f in ds.get_fragments()):
+        if any(unindexed_fragments(ds, c) for c in have):
             ds.optimize.optimize_indices()  # rows written since: each index takes in the new fragments (ms)
         for column in lost:  # an overwrite or a dropped column took the index with it
             ds.create_scalar_index(column, "BTREE", replace=True)

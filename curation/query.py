@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds_mod
 
-from curation.lake import Lake
+from curation.lake import Lake, btree_columns
 from curation.sqlrewrite import head_sample, readable_type, top_k, without_order
 from curation.sqlrewrite import quote_ident as _quote
 
@@ -199,8 +199,7 @@ if ArrowScanSource is not None:
             column keeps at most INDEX_MAX_SELECTIVITY of the rows of a sample (reading a large share through an
             index costs several times a scan, and so does counting it there)."""
             if self._indexed is None:
-                self._indexed = {f for d in self.obj.describe_indices()
-                                 if d.type_url.endswith("BTreeIndexDetails") for f in d.field_names}
+                self._indexed = btree_columns(self.obj)
             on_index = [p for p in filters if _filter_columns(p) & self._indexed]
             if not on_index:
                 return False

@@ -33,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.lake import btree_columns, unindexed_fragments
+
 MAX_K = 100_000  # beyond this many rows a top-k reads enough rows that the two steps gain little
 _NUMERIC = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "FLOAT",
             "DOUBLE"}
@@ -139,26 +141,14 @@ def top_k(con: duckdb.DuckDBPyConnection, text: str, datasets: dict[str, Any] | 
         ds = (datasets or {}).get(name)
         rows = None if ds is None else _indexed_rows(con, ast, ds, column, order["type"] == "DESCENDING", n + offset)
         if rows is not None:
-            view = f"{_VIEW}_{uuid.uuid4().hex[:12]}"
-            con.register(view, rows)
-            table["table_name"], table["alias"] = view, table.get("alias") or name
-            table["qualified_name"] = {"path": [view]}
+            con.register(_retarget(ast), rows)
             return unparse(con, ast)
-        first = copy.deepcopy(ast)
-        first["statements"][0]["node"]["select_list"] = [key]
-        first["statements"][0]["node"]["modifiers"][1]["offset"] = None
-        first["statements"][0]["node"]["modifiers"][1]["limit"] = {
-            "class": "CONSTANT", "type": "VALUE_CONSTANT", "alias": "",
-            "literal": {"kind": "INTEGER", "text": str(n + offset)}}
-        values = [r[0] for r in con.execute(unparse(con, first)).fetchall()]
+        values = [r[0] for r in con.execute(unparse(con, _first_rows(ast, key, n + offset))).fetchall()]
         if len(values) < n + offset or values[-1] is None:  # fewer rows than k: nothing to cut
             return text
         op = ">=" if order["type"] == "DESCENDING" else "<="
-        view = f"{_VIEW}_{uuid.uuid4().hex[:12]}"
-        con.execute(f"create temp view {quote_ident(view)} as select * from {quote_ident(name)} "
+        con.execute(f"create temp view {quote_ident(_retarget(ast))} as select * from {quote_ident(name)} "
                     f"where {quote_ident(column)} {op} {_literal(values[-1], type_name)}")
-        table["table_name"], table["alias"] = view, table.get("alias") or name
-        table["qualified_name"] = {"path": [view]}
         return unparse(con, ast)
     except (duckdb.Error, KeyError, IndexError, TypeError, ValueError):
         return text
@@ -210,21 +200,35 @@ def _candidates(ds: Any, column: str, op: str, bound: Any, where: list[str]) -> 
 
 def _pick(con: duckdb.DuckDBPyConnection, ast: dict, candidates: pa.Table, want: int) -> list[int]:
     """Row ids of the first `want` candidates under the query's own filter and order."""
-    first = copy.deepcopy(ast)
-    node = first["statements"][0]["node"]
-    node["select_list"] = [{"class": "COLUMN_REF", "type": "COLUMN_REF", "alias": "", "column_names": ["_rowid"]}]
-    node["modifiers"][1]["offset"] = None
-    node["modifiers"][1]["limit"] = {"class": "CONSTANT", "type": "VALUE_CONSTANT", "alias": "",
-                                     "literal": {"kind": "INTEGER", "text": str(want)}}
-    table = node["from_table"]
-    view = f"{_VIEW}_{uuid.uuid4().hex[:12]}"
-    table["table_name"], table["alias"] = view, table.get("alias") or table["table_name"]
-    table["qualified_name"] = {"path": [view]}
+    first = _first_rows(ast, {"class": "COLUMN_REF", "type": "COLUMN_REF", "alias": "", "column_names": ["_rowid"]},
+                        want)
+    view = _retarget(first)
     con.register(view, candidates)
     try:
         return [r[0] for r in con.execute(unparse(con, first)).fetchall()]
     finally:
         con.unregister(view)
+
+
+def _first_rows(ast: dict, select: dict, limit: int) -> dict:
+    """A copy of the top-k query `ast` that selects only `select` for its first `limit` rows (no offset)."""
+    first = copy.deepcopy(ast)
+    node = first["statements"][0]["node"]
+    node["select_list"] = [select]
+    node["modifiers"][1]["offset"] = None
+    node["modifiers"][1]["limit"] = {"class": "CONSTANT", "type": "VALUE_CONSTANT", "alias": "",
+                                     "literal": {"kind": "INTEGER", "text": str(limit)}}
+    return first
+
+
+def _retarget(ast: dict) -> str:
+    """Point the query's FROM at a new view name (returned; the caller makes the view), keeping the table's
+    name as its alias so qualified column references still resolve."""
+    table = ast["statements"][0]["node"]["from_table"]
+    view = f"{_VIEW}_{uuid.uuid4().hex[:12]}"
+    table["table_name"], table["alias"] = view, table.get("alias") or table["table_name"]
+    table["qualified_name"] = {"path": [view]}
+    return view
 
 
 def _column_refs(expr: Any) -> set[str]:
@@ -244,13 +248,9 @@ def _column_refs(expr: Any) -> set[str]:
 def _index_covers(ds: Any, column: str) -> bool:
     """Whether a BTREE index on `column` covers all but INDEX_MAX_UNINDEXED of the rows (Lance scans the rest
     on every count, so a large unindexed share makes each probe a scan)."""
-    covered: set[int] = set()
-    for index in ds.list_indices():
-        if index.get("type") == "BTree" and list(index.get("fields", [])) == [column]:
-            covered |= set(index["fragment_ids"])
-    if not covered:
+    if column not in btree_columns(ds):
         return False
-    outside = sum(f.count_rows() for f in ds.get_fragments() if f.fragment_id not in covered)
+    outside = sum(f.count_rows() for f in unindexed_fragments(ds, column))
     return outside <= INDEX_MAX_UNINDEXED * max(1, ds.count_rows())
 
 
