@@ -213,7 +213,7 @@ def main() -> None:
     for name, q in queries.items():
         r = {"query": name}
         # as `videocurate sql` runs it: through the query rewrites (a top-k from the BTREE index on aesthetic,
-        # curation.sqlrewrite); "scan" the same without the index (a top-k in two scans)
+        # curation.sqlrewrite); "scan" the rewrite not given the datasets (a top-k in two scans)
         r["ours_in"] = best(lambda q=q: ours.execute(top_k(ours, q, lake_datasets(ours))).fetchall(), rep)
         r["scan_in"] = best(lambda q=q: ours.execute(top_k(ours, q)).fetchall(), rep)
         r["old_in"] = best(lambda q=q: old.execute(q).fetchall(), rep)
@@ -248,8 +248,8 @@ def main() -> None:
         f"{du(parquet) / 1e9:.2f} GB (row groups of 122,880); a BTREE index on clips.aesthetic. Best of {rep} warm "
         "runs, page cache warm.",
         "",
-        "| query | `videocurate sql` process | peak RSS | in-process (curation.query) | in-process, top-k without "
-        "the index | previous registration "
+        "| query | `videocurate sql` process | peak RSS | in-process (curation.query) | in-process, top-k in two "
+        "scans (no index rewrite) | previous registration "
         "(pyarrow Dataset) in-process | DuckDB over Parquet in-process | DuckDB over Parquet, `python -c` process | "
         "peak RSS | ours / Parquet in-process | ours / Parquet process |"
         + (" duckdb-extension-lance (duckdb 1.5.5) in-process |" if ext else ""),
