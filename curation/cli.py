@@ -4,9 +4,11 @@ commands plugins register (the trainer's `train`)."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
+import threading
 import warnings
 
 from curation.errors import CurationError
@@ -253,5 +255,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The `videocurate` command: `main`, then an exit that skips tearing the interpreter down. The
+    atexit handlers run (Ray's shutdown, logging, temporary directories) and the standard streams are
+    flushed; what is skipped is freeing every module and object one by one, ~0.15 s after a run with
+    lance, DuckDB, PyAV and OpenCV loaded, which nothing needs: the lake is committed when `main`
+    returns. A thread still running (not a daemon) gets the ordinary exit, which waits for it."""
+    code = main() or 0
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`videocurate ... | head`)
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

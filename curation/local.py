@@ -16,11 +16,13 @@ errors either) and its videos become failure rows with the exception's message."
 from __future__ import annotations
 
 import collections
+import heapq
 import multiprocessing as mp
 import os
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
@@ -60,6 +62,21 @@ def _name_process(name: str) -> None:
         pass
 
 
+def limit_threads(threads: int) -> None:
+    """Hold this worker's math libraries to `threads` threads (its CPUs): OpenCV and the BLAS pools
+    (threadpoolctl), and torch when it is loaded. Left alone, each worker's OpenCV and OpenBLAS start
+    a thread per core of the machine, so two workers on two cores split every resize, colour conversion,
+    flow and least-squares call across threads that wait on each other (measured on bench_pipeline's
+    workload: ~0.8 CPU-s of 13.9 in a default run). ONNX Runtime sessions and decoders set their own."""
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+
+
 def run_chain(stages: list[Stage], block: pa.Table, where=None) -> pa.Table:
     """One block through every stage, each called on slices of its `batch_size` (the whole block when
     unset), as Ray Data's map_batches would. `where[0]` is set to the index of the stage running."""
@@ -85,7 +102,14 @@ def _serve(conn, stages: list[Stage] | bytes, where: _Where) -> None:
         from ray import cloudpickle  # ray vendors it: always installed with videocurate
 
         stages = cloudpickle.loads(stages)
+    limit_threads(max(s.resources.threads for s in stages))
     try:
+        for s in stages:  # before the first block: a warmed worker sets up while the driver still starts
+            if s.stateful:
+                try:
+                    s.ensure_setup()
+                except Exception:  # noqa: BLE001 - raised again, and reported, with the first block
+                    break
         while True:
             try:
                 job = conn.recv()
@@ -134,6 +158,38 @@ class _Job:
     deaths: int = 0
 
 
+FIRST_ESTIMATE_S = 0.1  # the driver's time to estimate block costs before the first hand-out
+ESTIMATE_S = 0.01  # ... and each time it waits for a result
+
+
+class _Queue:
+    """Blocks waiting for a worker: blocks to run again first, then the costliest of those whose cost
+    is known, then the rest in their given order."""
+
+    def __init__(self, jobs: list[_Job], cost: Callable[[pa.Table], float] | None):
+        self.fresh, self.again, self.cost = collections.deque(jobs), collections.deque(), cost
+        self.ranked: list[tuple[float, int, _Job]] = []  # heap of (-cost, key, job)
+
+    def __len__(self) -> int:
+        return len(self.fresh) + len(self.again) + len(self.ranked)
+
+    def pop(self) -> _Job:
+        if self.again:
+            return self.again.popleft()
+        return heapq.heappop(self.ranked)[2] if self.ranked else self.fresh.popleft()
+
+    def estimate(self, seconds: float) -> None:
+        """Estimate the cost of waiting blocks for about `seconds` (at least one when any is left)."""
+        if self.cost is None:
+            return
+        end = time.monotonic() + seconds
+        while self.fresh:
+            job = self.fresh.popleft()
+            heapq.heappush(self.ranked, (-self.cost(job.block), job.key, job))
+            if time.monotonic() >= end:
+                return
+
+
 @dataclass
 class LocalExecutor:
     """Runs `stages` over blocks in worker processes: as many as `cpus` (default: the CPUs this process may
@@ -155,6 +211,7 @@ class LocalExecutor:
         ray_up = ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
         fork = "fork" in mp.get_all_start_methods() and sys.platform != "darwin" and not ray_up
         self._ctx = mp.get_context("fork" if fork else "spawn")
+        self._pool: list[_Worker] = []
 
     @staticmethod
     def check(stages: list[Stage], cpus: int) -> None:
@@ -184,31 +241,63 @@ class LocalExecutor:
     def description(self) -> str:
         return f"local executor, up to {self.workers} worker{'s' if self.workers != 1 else ''}"
 
-    def map(self, blocks: Iterable[pa.Table]) -> Iterator[pa.Table]:
-        """Each block's result as it completes (in completion order). Blocks given up land in `lost`."""
-        todo = collections.deque(_Job(i, b) for i, b in enumerate(blocks))
-        jobs = {j.key: j for j in todo}
-        n = min(self.workers, len(todo))
-        pool: list[_Worker] = []
+    def warm(self, blocks: int) -> None:
+        """Start the workers `blocks` blocks will use now, before `submit`: each sets its stages up at
+        once, while the driver goes on with its own start-up."""
+        while len(self._pool) < min(self.workers, blocks):
+            self._grow(self._pool)
+
+    def close(self) -> None:
+        """Stop the workers (`results` does when it ends; this covers a run that stops before it)."""
+        while self._pool:
+            self._stop(self._pool.pop())
+
+    def map(self, blocks: Iterable[pa.Table], cost: Callable[[pa.Table], float] | None = None) -> Iterator[pa.Table]:
+        """Each block's result as it completes (in completion order). Blocks given up land in `lost`.
+        `cost(block)`: the work a block holds (curation.runner.expected_work); given, the driver estimates
+        it for the waiting blocks while the workers are busy, and hands out the costliest known first, so
+        the run does not end on one long block running alone."""
+        self.submit(blocks, cost)
+        return self.results()
+
+    def submit(self, blocks: Iterable[pa.Table], cost: Callable[[pa.Table], float] | None = None) -> None:
+        """`map`'s first half: start the workers and hand them their first blocks now (each sets its
+        stages up at once), so the driver can go on with its own start-up before it reads `results`."""
+        self._todo = _Queue([_Job(i, b) for i, b in enumerate(blocks)], cost)
+        self._jobs = {j.key: j for j in self._todo.fresh}
+        self._size = min(self.workers, len(self._todo))
+        self._todo.estimate(0.0)  # one before the fork: what `cost` imports (PyAV) is then imported once
+        self.warm(self._size)
+        self._todo.estimate(FIRST_ESTIMATE_S)  # the workers are setting up meanwhile
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        pool, todo = self._pool, self._todo
+        while todo and (idle := next((w for w in pool if w.job is None), None) or
+                        (self._grow(pool) if len(pool) < self._size else None)):
+            job = todo.pop()
+            try:
+                idle.conn.send((job.key, job.block))
+                idle.job = job.key
+            except (OSError, ValueError):  # it died idle (the OOM killer picks any process)
+                pool.remove(idle)
+                self._stop(idle)
+                self._died(job, idle, todo)  # counted against the block: workers dying at start cannot loop
+
+    def results(self) -> Iterator[pa.Table]:
+        """`map`'s second half: the results of the submitted blocks as they complete."""
+        pool, todo = self._pool, self._todo
         try:
             while todo or any(w.job is not None for w in pool):
-                while todo and (idle := next((w for w in pool if w.job is None), None) or
-                                (self._grow(pool) if len(pool) < n else None)):
-                    job = todo.popleft()
-                    try:
-                        idle.conn.send((job.key, job.block))
-                        idle.job = job.key
-                    except (OSError, ValueError):  # it died idle (the OOM killer picks any process)
-                        pool.remove(idle)
-                        self._stop(idle)
-                        self._died(job, idle, todo)  # counted against the block: workers dying at start cannot loop
+                self._hand_out()
                 busy = [w for w in pool if w.job is not None]
+                todo.estimate(ESTIMATE_S)
                 ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
                 for w in busy:
                     if w.conn not in ready and w.process.sentinel not in ready:
                         continue
                     result = self._receive(w)
-                    job = jobs[w.job]
+                    job = self._jobs[w.job]
                     w.job = None
                     if result is None:  # the worker died with the block
                         pool.remove(w)
@@ -221,8 +310,7 @@ class LocalExecutor:
                         stage, message = error
                         self.lost.append(Lost(job.block, "stage_error", f"stage '{stage}' raised {message}"[:2000]))
         finally:
-            for w in pool:
-                self._stop(w)
+            self.close()
 
     def _grow(self, pool: list[_Worker]) -> _Worker:
         w = self._start()
@@ -240,13 +328,13 @@ class LocalExecutor:
             w.process.join(5)
         return None
 
-    def _died(self, job: _Job, w: _Worker, todo: collections.deque) -> None:
+    def _died(self, job: _Job, w: _Worker, todo: _Queue) -> None:
         at = w.where[0]
         stage = self.stages[at] if 0 <= at < len(self.stages) else None
         job.deaths += 1
         retries = stage.resources.retries if stage is not None else max(s.resources.retries for s in self.stages)
         if job.deaths <= retries:
-            todo.appendleft(job)
+            todo.again.append(job)
             return
         code = w.process.exitcode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"

@@ -6,7 +6,7 @@ entry before it — so a bad pipeline fails before any work starts."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,12 +82,22 @@ class Pipeline:
                 spec.params[param.strip()] = value
         return self
 
-    def build(self, available: Iterable[str] = ()) -> list[Producer]:
+    def build(self, available: Iterable[str] = (),
+              on_stages: Callable[[list[Producer]], None] | None = None) -> list[Producer]:
         """Every entry as an object, checked: parameters, resources, order (stages before steps) and
-        input columns (from earlier entries, the run's input columns, or `available` ones the lake has)."""
-        built = [s.build() for s in self.stages]
+        input columns (from earlier entries, the run's input columns, or `available` ones the lake has).
+        `on_stages`: called with the streaming stages, built and checked, before the steps are built (the
+        default steps' modules — the lake, DuckDB, the captioner — take ~0.7 s to import): the runner
+        starts its workers there, so their start-up and those imports overlap."""
+        have = {f.name for f in INPUT_FIELDS} | {"failures"} | set(available)
+        first_step = next((i for i, s in enumerate(self.stages) if s.kind == "step"), len(self.stages))
+        built = [s.build() for s in self.stages[:first_step]]
+        check_columns(built, have)
+        if on_stages is not None and all(s.kind == "step" for s in self.stages[first_step:]):
+            on_stages(built)
+        built += [s.build() for s in self.stages[first_step:]]
         check_order(built)
-        check_columns(built, {f.name for f in INPUT_FIELDS} | {"failures"} | set(available))
+        check_columns(built, have)
         return built
 
 

@@ -190,6 +190,16 @@ def test_the_cli_refuses_a_bad_setting_before_any_work(tmp_path, demo_videos):
     assert not Lake(lake).exists("videos")  # nothing ran
 
 
+def test_the_command_exits_with_its_code_after_the_atexit_handlers_and_with_its_output_flushed(tmp_path):
+    """`videocurate` (cli.entry) skips the interpreter's teardown, not what a run registered to happen at exit."""
+    code = ("import atexit, sys; from curation import cli; atexit.register(print, 'atexit ran'); "
+            "sys.argv = ['videocurate'] + sys.argv[1:]; print('x' * 100000, end=''); cli.entry()")
+    out = subprocess.run([sys.executable, "-c", code, "tables", "--lake", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "no lake at" in out.stderr
+    assert out.stdout == "x" * 100000 + "atexit ran\n"
+
+
 def test_unknown_pipeline_keys_and_presets_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stagse'\]"):
         load_pipeline({"name": "x", "stagse": [{"stage": "probe"}]})

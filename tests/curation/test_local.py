@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pytest
@@ -207,3 +208,62 @@ def test_a_step_over_a_big_table_starts_ray_for_its_tasks_a_small_one_runs_in_th
     monkeypatch.setattr(buckets, "RAY_STEP_ROWS", 100)
     assert buckets.want_ray(99) is False and not started
     assert buckets.want_ray(100) is True and len(started) == 1
+
+
+class _Threads(Stage):
+    """Adds the OpenCV and BLAS thread counts of the worker it runs in."""
+
+    name = "threads"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import cv2
+        from threadpoolctl import threadpool_info
+
+        blas = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        n = batch.num_rows
+        return batch.append_column("cv", pa.array([cv2.getNumThreads()] * n)).append_column(
+            "blas", pa.array([blas] * n))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs: one worker per CPU is the point")
+def test_workers_hold_opencv_and_blas_to_the_cpus_of_their_stage():
+    """Unheld, each of two workers on two cores runs OpenCV and OpenBLAS with a thread per core."""
+    import cv2
+
+    blocks = [pa.table({"x": [i]}) for i in range(4)]
+    for cpus, want in ((1, 1), (2, 2)):
+        ex = LocalExecutor([_Threads(resources=Resources(num_cpus=cpus))], cpus=2)
+        out = pa.concat_tables(list(ex.map(blocks)))
+        assert set(out.column("cv").to_pylist()) == {want} and set(out.column("blas").to_pylist()) == {want}
+    assert cv2.getNumThreads() == len(os.sched_getaffinity(0))  # the driver is left as it was
+
+
+class _Order(Stage):
+    """Adds when its worker took each block."""
+
+    name = "order"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch.append_column("at", pa.array([time.monotonic_ns()] * batch.num_rows))
+
+
+def test_blocks_go_out_costliest_first_when_a_cost_is_given():
+    work = [3, 9, 1, 7, 5, 8]
+    blocks = [pa.table({"w": [w]}) for w in work]
+    ex = LocalExecutor([_Order()], cpus=1)
+    took = pa.concat_tables(list(ex.map(blocks, cost=lambda b: b.column("w")[0].as_py()))).sort_by("at")
+    assert took.column("w").to_pylist() == sorted(work, reverse=True)
+    plain = pa.concat_tables(list(LocalExecutor([_Order()], cpus=1).map(blocks))).sort_by("at")
+    assert plain.column("w").to_pylist() == work
+
+
+def test_a_new_lake_run_whose_step_fails_its_checks_leaves_no_worker_and_no_lake(demo_videos, tmp_path):
+    """On a new lake the workers start before the steps are built: a step's bad setting still fails the run
+    before anything is written, and the workers it started are stopped."""
+    import multiprocessing as mp
+
+    lake = tmp_path / "lake"
+    with pytest.raises(ConfigError, match="threshold"):
+        run_pipeline("default", [demo_videos[0].path], str(lake), overrides=["dedup.threshold=7"], progress=False)
+    assert not lake.exists()
+    assert not mp.active_children()

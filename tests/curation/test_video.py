@@ -7,7 +7,7 @@ import pytest
 
 from curation import synth
 from curation.errors import VideoError
-from curation.video import VideoInfo, VideoReader, fit_size, probe
+from curation.video import VideoInfo, VideoReader, fit_size, header_rate, probe
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,20 @@ def test_bad_files_raise_typed_errors(bad_folder, tmp_path):
     with pytest.raises(VideoError) as err:
         probe(folder + "/folder.mp4")
     assert err.value.kind == "not_a_file"
+
+
+def test_header_rate_states_seconds_and_pixels_without_decoding_and_zero_for_what_does_not_open(
+        clip, bad_folder, tmp_path):
+    """What the local executor orders videos by (curation.runner.expected_work)."""
+    import os
+
+    seconds, pixels = header_rate(clip.path)
+    assert seconds == pytest.approx(70 / 25, abs=0.05) and pixels == pytest.approx(160 * 96 * 25)
+    folder, _ = bad_folder
+    for name in ("empty.mp4", "random.mp4", "audio_only.mp4", "no_moov.mp4", "folder.mp4", "missing.mp4"):
+        assert header_rate(f"{folder}/{name}") == (0.0, 0.0), name
+    os.mkfifo(tmp_path / "pipe.mp4")  # opening a FIFO would wait for a writer
+    assert header_rate(str(tmp_path / "pipe.mp4")) == (0.0, 0.0)
 
 
 def test_truncated_file_decodes_what_it_has(bad_folder):
