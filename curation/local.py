@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
@@ -62,19 +63,42 @@ def _name_process(name: str) -> None:
         pass
 
 
-def limit_threads(threads: int) -> None:
-    """Hold this worker's math libraries to `threads` threads (its CPUs): OpenCV and the BLAS pools
-    (threadpoolctl), and torch when it is loaded. Left alone, each worker's OpenCV and OpenBLAS start
-    a thread per core of the machine, so two workers on two cores split every resize, colour conversion,
+def limit_threads(threads: int, opencv: bool = True) -> None:
+    """Hold this worker's math libraries to `threads` threads (its CPUs): OpenCV, the BLAS pools
+    (threadpoolctl) and torch when it is loaded. Left alone, each worker's OpenCV and OpenBLAS start a
+    thread per core of the machine, so two workers on two cores split every resize, colour conversion,
     flow and least-squares call across threads that wait on each other (measured on bench_pipeline's
-    workload: ~0.8 CPU-s of 13.9 in a default run). ONNX Runtime sessions and decoders set their own."""
-    if "cv2" in sys.modules:
+    workload: ~0.8 CPU-s of 13.9 in a default run). ONNX Runtime sessions and decoders set their own.
+    `opencv=False` in a forked worker: there OpenCV's setting comes from the fork (`opencv_threads`)."""
+    if opencv and "cv2" in sys.modules:
         sys.modules["cv2"].setNumThreads(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
+
+
+@contextmanager
+def opencv_threads(threads: int) -> Iterator[None]:
+    """OpenCV held to `threads` threads in this process for the block (a fork inside it: the child
+    keeps the setting), then as it was. Set in a forked child instead, OpenCV tears down the thread pool
+    it inherited, whose threads the child does not have, and `pthread_cond_destroy` waits for them
+    forever once they had gone to sleep in the parent (seen: `videocurate demo`, whose driver makes its
+    videos with OpenCV, hung every worker). At one thread OpenCV runs serially and never touches the pool."""
+    cv2 = sys.modules.get("cv2")
+    before = cv2.getNumThreads() if cv2 is not None else None
+    if cv2 is not None:
+        cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        if cv2 is not None:
+            cv2.setNumThreads(before)
+
+
+def worker_threads(stages: list[Stage]) -> int:
+    return max(s.resources.threads for s in stages)
 
 
 def run_chain(stages: list[Stage], block: pa.Table, where=None) -> pa.Table:
@@ -98,11 +122,12 @@ def _serve(conn, stages: list[Stage] | bytes, where: _Where) -> None:
     closed pipe ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
     _name_process(WORKER_NAME)
-    if isinstance(stages, bytes):  # spawned, not forked
+    spawned = isinstance(stages, bytes)
+    if spawned:
         from ray import cloudpickle  # ray vendors it: always installed with videocurate
 
         stages = cloudpickle.loads(stages)
-    limit_threads(max(s.resources.threads for s in stages))
+    limit_threads(worker_threads(stages), opencv=spawned)
     try:
         for s in stages:  # before the first block: a warmed worker sets up while the driver still starts
             if s.stateful:
@@ -233,7 +258,8 @@ class LocalExecutor:
             payload = cloudpickle.dumps(self.stages)
         p = self._ctx.Process(target=_serve, args=(child, payload, where), daemon=True,
                               name="videocurate-worker")
-        p.start()
+        with opencv_threads(worker_threads(self.stages)):
+            p.start()
         child.close()
         return _Worker(p, parent, where)
 

@@ -238,6 +238,31 @@ def test_workers_hold_opencv_and_blas_to_the_cpus_of_their_stage():
     assert cv2.getNumThreads() == len(os.sched_getaffinity(0))  # the driver is left as it was
 
 
+def test_workers_forked_after_the_driver_used_opencv_threads_do_not_hang():
+    """The driver of `videocurate demo` makes its videos with OpenCV, whose pool threads then sleep; a
+    worker that set OpenCV's thread count itself after the fork waited for them forever."""
+    code = """
+import time, cv2, numpy as np, pyarrow as pa
+from curation.local import LocalExecutor
+from curation.stage import Stage
+img = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+for _ in range(4):
+    cv2.GaussianBlur(img, (9, 9), 0)
+time.sleep(0.5)  # the pool's threads stop spinning and wait
+class Blur(Stage):
+    name = "blur"
+    def __call__(self, batch):
+        cv2.GaussianBlur(img, (9, 9), 0)
+        return batch.append_column("cv", pa.array([cv2.getNumThreads()] * batch.num_rows))
+out = pa.concat_tables(list(LocalExecutor([Blur()], cpus=2).map([pa.table({"x": [i]}) for i in range(4)])))
+print(sorted(set(out.column("cv").to_pylist())), cv2.getNumThreads())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("]")[0] == "[1"  # the workers ran with one OpenCV thread each
+
+
 class _Order(Stage):
     """Adds when its worker took each block."""
 
