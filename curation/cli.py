@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("videocurate: interrupted; committed work is kept, a rerun resumes", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`videocurate sql ... | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe
+        return 141  # 128 + SIGPIPE: what a shell reports for a writer the pipe stopped
     except Exception as exc:  # noqa: BLE001 - a clear one-line message unless --verbose
         if args.verbose:
             raise

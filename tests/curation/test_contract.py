@@ -200,6 +200,17 @@ def test_the_command_exits_with_its_code_after_the_atexit_handlers_and_with_its_
     assert out.stdout == "x" * 100000 + "atexit ran\n"
 
 
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`videocurate sql ... | head`: the reader has gone before the command writes; no error message."""
+    lake = Lake(tmp_path / "lake")
+    lake.append("scratch", pa.table({"uri": [f"v{i}" for i in range(5000)]}))
+    proc = subprocess.Popen([sys.executable, "-m", "curation.cli", "sql", "--lake", lake.root,
+                             "select uri from scratch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # long before the command has started
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "rror" not in err, err
+
+
 def test_unknown_pipeline_keys_and_presets_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stagse'\]"):
         load_pipeline({"name": "x", "stagse": [{"stage": "probe"}]})
