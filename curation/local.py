@@ -267,9 +267,8 @@ class LocalExecutor:
     def description(self) -> str:
         return f"local executor, up to {self.workers} worker{'s' if self.workers != 1 else ''}"
 
-    def warm(self, blocks: int) -> None:
-        """Start the workers `blocks` blocks will use now, before `submit`: each sets its stages up at
-        once, while the driver goes on with its own start-up."""
+    def _warm(self, blocks: int) -> None:
+        """Start the workers `blocks` blocks will use (each sets its stages up at once)."""
         while len(self._pool) < min(self.workers, blocks):
             self._grow(self._pool)
 
@@ -293,7 +292,7 @@ class LocalExecutor:
         self._jobs = {j.key: j for j in self._todo.fresh}
         self._size = min(self.workers, len(self._todo))
         self._todo.estimate(0.0)  # one before the fork: what `cost` imports (PyAV) is then imported once
-        self.warm(self._size)
+        self._warm(self._size)
         self._todo.estimate(FIRST_ESTIMATE_S)  # the workers are setting up meanwhile
         self._hand_out()
 

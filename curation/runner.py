@@ -457,6 +457,9 @@ def _open_lake(path: str) -> Lake:
     return Lake(path)
 
 
+PIXELS_PER_S_OF_WORK = 20e6  # the pixel rate that costs as much as the per-clip work of a footage second
+
+
 def expected_work(block: pa.Table) -> float:
     """How much work a block of input videos holds, for the order the local executor runs blocks in
     (the costliest first, so the run does not end on one long video alone): per video its seconds of
@@ -468,9 +471,6 @@ def expected_work(block: pa.Table) -> float:
         seconds, pixels_per_s = header_rate(uri.removeprefix("file://"))
         work += seconds * (1.0 + pixels_per_s / PIXELS_PER_S_OF_WORK)
     return work
-
-
-PIXELS_PER_S_OF_WORK = 20e6  # the pixel rate that costs as much as the per-clip work of a footage second
 
 
 def _producer(f: pa.Field) -> dict:
