@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from curation.errors import VideoError
-from curation.video import VideoInfo, VideoReader, fit_size, i420_converter, i420_to_rgb, stored_size
+from curation.video import VideoInfo, VideoReader, fit_size, i420_converter, i420_luma, i420_to_rgb, stored_size
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,19 @@ def merge_requests(requests: Sequence[FrameRequest]) -> FrameRequest:
                         pairs=any(r.pairs for r in requests))
 
 
+def resized(w: int, h: int, max_side: int | None) -> tuple[int, int] | None:
+    """The (w, h) `resize_to` scales a w x h frame to, or None when it stays as it is."""
+    scale = 1.0 if max_side is None else max_side / max(h, w)
+    if scale >= 1.0:
+        return None
+    return max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2)
+
+
 def resize_to(frames: np.ndarray, max_side: int | None) -> np.ndarray:
     """(K,H,W,C) or (K,H,W) frames scaled down so the longer side is at most `max_side` (never up)."""
-    if max_side is None or len(frames) == 0:
+    size = resized(frames.shape[2], frames.shape[1], max_side) if len(frames) else None
+    if size is None:
         return frames
-    h, w = frames.shape[1:3]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return frames
-    size = (max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2))
     return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
 
 
@@ -72,8 +76,10 @@ class ClipFrames:
     """The decoded samples of one clip. `frames` is (K,H,W,3) RGB uint8 at the largest size any scorer
     asked for; `next_frames` the frame after each sample (when a scorer asked for pairs); `indices` the
     sampled frame numbers in the video; `width`/`height` the clip's native display size; `row` the clip's
-    columns, including those written by scorers that ran before in the same group. `at` and `gray`
-    cache resized/grayscale copies so scorers that want the same size share the work."""
+    columns, including those written by scorers that ran before in the same group; `luma`/`next_luma`
+    (K,H,W) the same frames' luma when they were decoded as YUV (`i420_luma`; else `gray` converts the
+    RGB). `at` and `gray` cache resized/grayscale copies so scorers that want the same size share the
+    work."""
 
     frames: np.ndarray
     indices: np.ndarray
@@ -84,6 +90,8 @@ class ClipFrames:
     clip_id: str | None = None
     uri: str | None = None
     row: dict = field(default_factory=dict, repr=False)
+    luma: np.ndarray | None = field(default=None, repr=False)
+    next_luma: np.ndarray | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def at(self, max_side: int | None, next: bool = False) -> np.ndarray:
@@ -107,16 +115,22 @@ class ClipFrames:
         return self._cache[key]
 
     def gray(self, max_side: int | None, next: bool = False) -> np.ndarray:
-        """(K,H,W) uint8 luma of `at(max_side, next)`."""
+        """(K,H,W) uint8 luma of `at(max_side, next)`: the decoded luma scaled (a third of the pixels to
+        scale), or the RGB frames' grey."""
         key = ("gray", max_side, next)
         if key not in self._cache:
-            rgb = self.at(max_side, next)
-            self._cache[key] = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])
+            luma = self.next_luma if next else self.luma
+            if luma is not None:
+                self._cache[key] = resize_to(luma, max_side)
+            else:
+                rgb = self.at(max_side, next)
+                self._cache[key] = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in rgb])
         return self._cache[key]
 
     def scale(self, max_side: int | None) -> float:
         """Native pixels per pixel of `at(max_side)` (horizontal)."""
-        return self.width / self.at(max_side).shape[2]
+        w, h = self.frames.shape[2], self.frames.shape[1]
+        return self.width / (resized(w, h, max_side) or (w, h))[0]
 
     def subset(self, k: int) -> ClipFrames:
         """`k` evenly spaced samples of these (itself when it has no more than k), for costly scorers."""
@@ -125,29 +139,33 @@ class ClipFrames:
         key = ("subset", k)
         if key not in self._cache:
             pos = even_positions(len(self.frames), k)
+            pick = lambda a: None if a is None else a[pos]  # noqa: E731
             self._cache[key] = ClipFrames(
                 frames=self.frames[pos], indices=self.indices[pos], fps=self.fps, width=self.width,
-                height=self.height, next_frames=None if self.next_frames is None else self.next_frames[pos],
-                clip_id=self.clip_id, uri=self.uri, row=self.row)
+                height=self.height, next_frames=pick(self.next_frames), clip_id=self.clip_id, uri=self.uri,
+                row=self.row, luma=pick(self.luma), next_luma=pick(self.next_luma))
         return self._cache[key]
 
     def fit(self, request: FrameRequest) -> ClipFrames:
         """These samples cut down to what `request` asks for (fewer frames, smaller size)."""
         sub = self.subset(request.frames)
-        nxt = sub.next_frames if request.pairs else None
-        return ClipFrames(frames=sub.at(request.max_side), indices=sub.indices, fps=self.fps, width=self.width,
-                          height=self.height, next_frames=None if nxt is None else resize_to(nxt, request.max_side),
-                          clip_id=self.clip_id, uri=self.uri, row=self.row)
+        side = request.max_side
+        small = lambda a: None if a is None else resize_to(a, side)  # noqa: E731
+        return ClipFrames(frames=sub.at(side), indices=sub.indices, fps=self.fps, width=self.width,
+                          height=self.height, next_frames=small(sub.next_frames) if request.pairs else None,
+                          clip_id=self.clip_id, uri=self.uri, row=self.row, luma=small(sub.luma),
+                          next_luma=small(sub.next_luma) if request.pairs else None)
 
     def to_bytes(self) -> bytes:
         """The decoded samples (not the row or caches), to hand to a stage in another worker."""
         return pickle.dumps((self.frames, self.indices, self.fps, self.width, self.height, self.next_frames,
-                             self.clip_id, self.uri), protocol=5)
+                             self.clip_id, self.uri, self.luma, self.next_luma), protocol=5)
 
     @classmethod
     def from_bytes(cls, data: bytes, row: dict | None = None) -> ClipFrames:
-        frames, indices, fps, width, height, next_frames, clip_id, uri = pickle.loads(data)
-        return cls(frames, indices, fps, width, height, next_frames, clip_id, uri, row=row or {})
+        frames, indices, fps, width, height, next_frames, clip_id, uri, luma, next_luma = pickle.loads(data)
+        return cls(frames, indices, fps, width, height, next_frames, clip_id, uri, row=row or {}, luma=luma,
+                   next_luma=next_luma)
 
 
 def sample_indices(start: int, end: int, k: int, pairs: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -216,13 +234,18 @@ class FrameTap:
         need = idx if nxt is None else np.concatenate([idx, nxt])
         if any(int(i) not in self.frames for i in need):
             return None
-        rot, info = self.info.rotation, self.info
+        rgb, luma = pictures([self.frames[int(i)] for i in need], self.info.rotation)
+        k, info = len(idx), self.info
+        return ClipFrames(frames=rgb[:k], indices=idx, fps=info.fps, width=info.width, height=info.height,
+                          next_frames=None if nxt is None else rgb[k:], luma=luma[:k],
+                          next_luma=None if nxt is None else luma[k:])
 
-        def rgb(ids: np.ndarray) -> np.ndarray:
-            return np.stack([i420_to_rgb(self.frames[int(i)], rot) for i in ids])
 
-        return ClipFrames(frames=rgb(idx), indices=idx, fps=info.fps, width=info.width, height=info.height,
-                          next_frames=None if nxt is None else rgb(nxt))
+def pictures(planes: Sequence[np.ndarray], rotation: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N,H,W,3) RGB and (N,H,W) luma of YUV 4:2:0 planes (`i420_to_rgb`, `i420_luma`): how a FrameTap
+    and `decode_clips` both make a clip's samples."""
+    return (np.stack([i420_to_rgb(p, rotation) for p in planes]),
+            np.stack([i420_luma(p, rotation) for p in planes]))
 
 
 def decode_clips(rows: Sequence[dict], request: FrameRequest,
@@ -254,18 +277,19 @@ def decode_clips(rows: Sequence[dict], request: FrameRequest,
         wanted = sorted({int(f) for pair in plans.values() for part in pair if part is not None
                          for f in part})
         try:
-            decoded = reader.read(wanted, sample_size(info, request), via_i420=True)
+            rgb, luma = pictures(reader.read_i420(wanted, sample_size(info, request)), info.rotation)
         except Exception as exc:  # noqa: BLE001
             for i in plans:
                 out[i] = exc
             continue
         where = {f: j for j, f in enumerate(wanted)}
         for i, (idx, nxt) in plans.items():
+            at = [where[int(f)] for f in idx]
+            after = None if nxt is None else [where[int(f)] for f in nxt]
             out[i] = ClipFrames(
-                frames=_take(decoded, [where[int(f)] for f in idx]), indices=idx, fps=info.fps,
-                width=info.width, height=info.height,
-                next_frames=None if nxt is None else _take(decoded, [where[int(f)] for f in nxt]),
-                clip_id=rows[i].get("clip_id"), uri=uri, row=rows[i])
+                frames=_take(rgb, at), indices=idx, fps=info.fps, width=info.width, height=info.height,
+                next_frames=None if after is None else _take(rgb, after), clip_id=rows[i].get("clip_id"),
+                uri=uri, row=rows[i], luma=_take(luma, at), next_luma=None if after is None else _take(luma, after))
     return out
 
 

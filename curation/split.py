@@ -61,11 +61,29 @@ class ClipSpan:
     sharpness: float
 
 
+def mean_pixel_distance(left: np.ndarray, right: np.ndarray) -> float:
+    """PySceneDetect's `_mean_pixel_distance` (mean |left - right| of two 8-bit planes) through OpenCV:
+    the same float (the sum of absolute differences is exact either way) in ~2 instead of ~25 us at
+    256x144, three times a frame for the content detector."""
+    return cv2.norm(left, right, cv2.NORM_L1) / float(left.shape[0] * left.shape[1])
+
+
+def _fast_content_scores() -> None:
+    """Have PySceneDetect's content and adaptive detectors use `mean_pixel_distance` (a module function
+    they look up at each call; left alone if a later PySceneDetect has no such function)."""
+    from scenedetect.detectors import content_detector
+
+    if hasattr(content_detector, "_mean_pixel_distance"):
+        content_detector._mean_pixel_distance = mean_pixel_distance
+
+
 def make_detectors(params: SplitParams, fps: float) -> list[tuple[object, bool]]:
     """(detector, gray_only) pairs. Content and adaptive detectors get a luma-only twin whose cuts count
     only between two grey frames: on black-and-white footage hue and saturation are flat, so the full
     score is a third of what the same change scores in colour and real cuts fall under the threshold."""
     import scenedetect as sd
+
+    _fast_content_scores()
 
     dets: list[tuple[object, bool]] = []
     first = next((i for i, name in enumerate(params.detectors) if name not in OWN_DETECTORS), None)

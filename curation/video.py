@@ -426,6 +426,22 @@ def i420_to_rgb(planes: np.ndarray, rotation: int = 0) -> np.ndarray:
     return _orient(cv2.cvtColor(planes, cv2.COLOR_YUV2RGB_I420), rotation)
 
 
+# BT.601 luma from studio swing (16-235) to 0-255: 0.299 R + 0.587 G + 0.114 B of OpenCV's I420 -> RGB is
+# 255/219 (Y - 16) exactly but for rounding and the clipping of saturated colours (measured on 1080p
+# H.264 frames at 640 px: 83 % of pixels equal, mean difference 0.18 levels)
+_FULL_RANGE_LUMA = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+
+
+def i420_luma(planes: np.ndarray, rotation: int = 0) -> np.ndarray:
+    """(H, W) uint8 luma in display orientation from `i420_converter`'s planes: their Y plane in full
+    range, what the grey scorers want, without making RGB and converting it back (a third of the pixels
+    to scale)."""
+    import cv2
+
+    luma = cv2.LUT(planes[:planes.shape[0] * 2 // 3], _FULL_RANGE_LUMA)
+    return _orient(luma[..., None], rotation)[..., 0] if rotation else luma
+
+
 def _orient(frames: np.ndarray, rotation: int) -> np.ndarray:
     """Rotate decoded frames (..., H, W, C) clockwise into display orientation."""
     if rotation == 0:
@@ -569,16 +585,23 @@ class VideoReader:
                 raise VideoError(f"no frame decodes: {self.path}", kind="decode_error")
 
     # ---- random access ---------------------------------------------------------------------------
-    def read(self, indices: Sequence[int], size: Size | None = None, via_i420: bool = False) -> np.ndarray:
-        """Frames at `indices` (any order, repeats allowed) as (N, H, W, 3) RGB uint8. `via_i420`: scaled
-        to `size` (even) as YUV 4:2:0 and turned into RGB by `i420_to_rgb`, as a FrameTap does: the same
-        pixels the split's decode hands the scorers."""
+    def read(self, indices: Sequence[int], size: Size | None = None) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed) as (N, H, W, 3) RGB uint8."""
+        return self._checked_read(indices, size, False)
+
+    def read_i420(self, indices: Sequence[int], size: Size) -> np.ndarray:
+        """Frames at `indices` scaled to `size` (display w, h; even) as YUV 4:2:0 planes, (N, H * 3/2, W)
+        in stored orientation, as a FrameTap keeps them (`i420_to_rgb`, `i420_luma`): the same pixels the
+        split's decode hands the scorers."""
+        return self._checked_read(indices, size, True)
+
+    def _checked_read(self, indices: Sequence[int], size: Size | None, i420: bool) -> np.ndarray:
         self._unchanged("before decoding")
-        out = self._read(indices, size, via_i420)
+        out = self._read(indices, size, i420)
         self._unchanged("after decoding")
         return out
 
-    def _read(self, indices: Sequence[int], size: Size | None, via_i420: bool = False) -> np.ndarray:
+    def _read(self, indices: Sequence[int], size: Size | None, i420: bool = False) -> np.ndarray:
         indices = [int(i) for i in indices]
         if not indices:
             w, h = size or (self.info.width, self.info.height)
@@ -586,17 +609,17 @@ class VideoReader:
         # PyAV's one forward pass over the requested span, seeking only across long gaps, costs less than
         # decord's seek per index (the pipeline benchmark's 36 clips x 16 frames at 640 px: 3.8-4.4 vs 5.5-6.2
         # CPU-s); decord reads only when asked for (backend "decord"), and never the scorers' I420 frames
-        if self._decord is not None and not via_i420:
+        if self._decord is not None and not i420:
             vr = self._decord_reader(size)
             return _get_batches(vr, [min(max(i, 0), len(vr) - 1) for i in indices])
-        return self._read_pyav(indices, size, via_i420)
+        return self._read_pyav(indices, size, i420)
 
-    def _read_pyav(self, indices: list[int], size: Size | None, via_i420: bool = False) -> np.ndarray:
+    def _read_pyav(self, indices: list[int], size: Size | None, i420: bool = False) -> np.ndarray:
         """Decode forward, seeking only across long gaps; frame index = position in decode order (after a
         seek, the frame's number comes from its timestamp through the timeline)."""
 
         wanted = sorted(set(indices))
-        convert = _converter(stored_size(size, self.info.rotation), "yuv420p" if via_i420 else "rgb24")
+        convert = _converter(stored_size(size, self.info.rotation), "yuv420p" if i420 else "rgb24")
         got: dict[int, np.ndarray] = {}
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
@@ -631,6 +654,4 @@ class VideoReader:
             raise VideoError(f"none of the requested frames decode: {self.path}", kind="decode_error")
         last = got[max(got)]
         out = [got.get(i, got.get(min(got, key=lambda k: abs(k - i)), last)) for i in indices]
-        if via_i420:
-            return np.stack([i420_to_rgb(x, self.info.rotation) for x in out])
-        return _orient(np.stack(out), self.info.rotation)
+        return np.stack(out) if i420 else _orient(np.stack(out), self.info.rotation)

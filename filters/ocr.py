@@ -58,22 +58,43 @@ def no_denormals() -> Iterator[None]:
         _LIBC.fesetenv(saved)
 
 
+OTHER_ENGINES = ("openvino", "paddle", "torch", "mnn")  # model-list sections of engines this scorer never runs
+
+
+def model_list(path: str | os.PathLike):
+    """RapidOCR's model list (default_models.yaml, 85 KB) as an OmegaConf config without the sections of
+    the engines other than ONNX Runtime, parsed by libyaml where PyYAML has it: what OmegaConf.load gives
+    for every key kept (tests/filters/test_ocr.py), in ~0.06 instead of ~0.2 CPU-s (building OmegaConf's
+    nodes is most of the cost, and most nodes were other engines' model entries)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None:
+        doc = OmegaConf.to_container(OmegaConf.load(path))
+    else:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.load(f, Loader=loader)
+    return OmegaConf.create({k: v for k, v in doc.items() if k not in OTHER_ENGINES})
+
+
 @contextmanager
 def _model_list_parsed_once() -> Iterator[None]:
-    """While RapidOCR's modules import, OmegaConf parses each YAML file once: two of them parse the same
-    85 KB model list (default_models.yaml) at import and only read it, which cost ~0.16 of the ~0.5 CPU-s
-    a worker spends setting OCR up. Nothing is shared after the import (a config RapidOCR edits, its
-    config.yaml, is parsed after it, per engine)."""
+    """While RapidOCR's modules import, its model list is parsed once, by `model_list`: two of its modules
+    parse the same default_models.yaml at import and only read it, which cost ~0.4 of the ~0.6 CPU-s a
+    worker spent setting OCR up. Other files load as before, and nothing is shared after the import (a
+    config RapidOCR edits, its config.yaml, is parsed after it, per engine)."""
     from omegaconf import OmegaConf
 
     raw, real, parsed = OmegaConf.__dict__["load"], OmegaConf.load, {}  # raw: the staticmethod itself
 
     def load(path):
-        key = os.path.realpath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
-        if key is None:
+        is_path = isinstance(path, (str, os.PathLike))
+        if not is_path or os.path.basename(os.fspath(path)) != "default_models.yaml":
             return real(path)
+        key = os.path.realpath(os.fspath(path))
         if key not in parsed:
-            parsed[key] = real(path)
+            parsed[key] = model_list(key)
         return parsed[key]
 
     OmegaConf.load = staticmethod(load)

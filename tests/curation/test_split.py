@@ -112,3 +112,21 @@ def test_black_and_white_cut_found_through_the_luma_twin(tmp_path):
     plain = sd.ContentDetector()
     assert not [c for i, f in enumerate(frames) for c in plain.process_frame(FrameTimecode(i, 24.0), f)]
     assert _cuts(truth.path)[0] == truth.cuts == [90]
+
+
+def test_content_scores_through_opencv_are_pyscenedetects():
+    """The content detector's per-channel distance, once make_detectors has put the OpenCV one in, is the
+    same float as PySceneDetect's NumPy formula, on any pair of planes."""
+    from scenedetect.detectors import content_detector
+
+    from curation.split import make_detectors, mean_pixel_distance
+
+    make_detectors(SplitParams(), 25.0)
+    assert content_detector._mean_pixel_distance is mean_pixel_distance
+    rng = np.random.default_rng(3)
+    for shape in [(144, 256), (1, 1), (37, 53)]:
+        a, b = (rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2))
+        numpy_way = np.sum(np.abs(a.astype(np.int32) - b.astype(np.int32))) / float(a.size)
+        assert mean_pixel_distance(a, b) == numpy_way
+    with pytest.raises(cv2.error):
+        mean_pixel_distance(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8))

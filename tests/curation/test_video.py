@@ -7,7 +7,7 @@ import pytest
 
 from curation import synth
 from curation.errors import VideoError
-from curation.video import VideoInfo, VideoReader, fit_size, header_rate, probe
+from curation.video import VideoInfo, VideoReader, fit_size, header_rate, i420_luma, i420_to_rgb, probe
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,27 @@ def test_rotation_is_applied(tmp_path, backend):
     assert np.abs(frame - np.rot90(img, k=1)).mean() > 20
     small = VideoReader(path, backend=backend).read([1], (48, 80))[0]
     assert small.shape == (80, 48, 3)
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_i420_luma_is_the_grey_of_the_rgb_picture(tmp_path, rotation):
+    """The grey scorers' luma straight from the Y plane equals the grey of the RGB picture made from the
+    same planes (to a level, bar saturated colours), in display orientation."""
+    import cv2
+
+    img = synth.photo("astronaut")[:96, :160]
+    path = tmp_path / f"rot{rotation}.mp4"
+    synth.write_video(path, [img] * 3, rotation=rotation, crf=10)
+    reader = VideoReader(path)
+    size = (reader.info.width // 2, reader.info.height // 2)
+    planes = reader.read_i420([1], size)[0]
+    luma, grey = i420_luma(planes, rotation), cv2.cvtColor(i420_to_rgb(planes, rotation), cv2.COLOR_RGB2GRAY)
+    assert luma.shape == grey.shape == (size[1], size[0])
+    diff = np.abs(luma.astype(int) - grey)
+    assert diff.mean() < 0.5 and np.mean(diff <= 1) > 0.98
+    assert np.abs(luma.astype(int) - np.rot90(grey, 2)).mean() > 10  # the orientation matters
+    rgb = reader.read([1], size)[0]
+    assert np.abs(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(int) - luma).mean() < 2  # the RGB read's grey
 
 
 def test_fit_size_keeps_aspect_and_even():

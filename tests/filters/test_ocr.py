@@ -191,3 +191,22 @@ def test_flushing_denormals_and_pool_threads_change_no_result(monkeypatch):
     monkeypatch.setattr(ocr, "no_denormals", contextlib.nullcontext)
     assert [OCR.read_frame(f) for f in frames] == fast
     assert sum(bool(f.boxes) for f in fast) >= 6 and any(f.title for f in fast)
+
+
+def test_the_model_list_keeps_what_rapidocr_reads():
+    """The model list the scorer's set-up parses (libyaml, other engines' sections left out) is OmegaConf's
+    own parse of every section kept, and the engine set up from it finds its models."""
+    import importlib.util
+    import os
+
+    from omegaconf import OmegaConf
+
+    from filters.ocr import OTHER_ENGINES, model_list
+
+    path = os.path.join(os.path.dirname(importlib.util.find_spec("rapidocr").origin), "default_models.yaml")
+    full, ours = OmegaConf.to_container(OmegaConf.load(path)), OmegaConf.to_container(model_list(path))
+    assert "onnxruntime" in ours and "model_routes" in ours
+    assert set(ours) == set(full) - set(OTHER_ENGINES)
+    assert all(ours[k] == full[k] for k in ours)
+    OCR.ensure_setup()
+    assert OCR.engine is not None

@@ -40,14 +40,30 @@ def _group():
     return ScoreGroup([ClarityScorer(), MotionScorer(), BorderScorer(), PerceptualEmbeddingScorer()])
 
 
+def test_grey_comes_from_the_decoded_luma_when_there_is_one(vids):
+    """Decoded clips carry their luma (the Y plane): `gray` scales it instead of converting the RGB, for
+    the samples and their next frames, through subset, fit and a hand-over to another worker."""
+    truth = vids("luma.mp4", [Shot("coffee", 30, pan=(3.0, 0))])
+    clip = decode_clips([clip_row(truth, 0, 30)], FrameRequest(4, None, pairs=True))[0]
+    assert clip.luma.shape == clip.frames.shape[:3] and clip.next_luma.shape == clip.next_frames.shape[:3]
+    marked = ClipFrames(clip.frames, clip.indices, clip.fps, clip.width, clip.height, clip.next_frames,
+                        luma=np.full_like(clip.luma, 7), next_luma=np.full_like(clip.next_luma, 9))
+    handed = ClipFrames.from_bytes(marked.to_bytes())
+    for c in (marked, marked.subset(2), marked.fit(FrameRequest(2, 64, pairs=True)), handed):
+        assert (c.gray(None) == 7).all() and (c.gray(32) == 7).all() and (c.gray(32, next=True) == 9).all()
+    assert marked.gray(32).shape[1:] == (18, 32) and marked.scale(32) == clip.width / 32
+    plain = ClipFrames(clip.frames, clip.indices, clip.fps, clip.width, clip.height)
+    assert abs(float(plain.gray(None).mean()) - float(clip.gray(None).mean())) < 1  # the RGB's grey alike
+
+
 def test_group_one_read_per_video_and_all_columns(vids, monkeypatch):
     a = vids("group_a.mp4", [Shot("astronaut", 24, pan=(2, 0)), Shot("coffee", 24, letterbox=(0, 20))])
     b = vids("group_b.mp4", [Shot("rocket", 30, zoom=1.01)])
     rows = [clip_row(a, 0, 24), clip_row(a, 24, 48), clip_row(b), {**clip_row(b), "clip_id": None}]
     reads = []
-    original = VideoReader.read
-    monkeypatch.setattr(VideoReader, "read", lambda self, idx, size=None, **kw: reads.append(self.path)
-                        or original(self, idx, size, **kw))
+    original = VideoReader.read_i420
+    monkeypatch.setattr(VideoReader, "read_i420", lambda self, idx, size: reads.append(self.path)
+                        or original(self, idx, size))
     group = _group()
     out = group(table(rows))
     assert sorted(reads) == sorted([a.path, b.path])  # one decode per video, shared by 4 scorers
