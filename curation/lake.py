@@ -10,14 +10,10 @@ import json
 import os
 from collections.abc import Iterator
 
+import lance
 import pyarrow as pa
 
-os.environ.setdefault("RUST_LOG", "error")  # Lance logs a warning flood otherwise
-os.environ.setdefault("LANCE_LOG", "error")
-
-import lance  # noqa: E402
-
-from curation.errors import ConfigError  # noqa: E402
+from curation.errors import ConfigError
 
 PRODUCERS_KEY = "videocurate.producers"
 
