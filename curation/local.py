@@ -273,9 +273,13 @@ class LocalExecutor:
             self._grow(self._pool)
 
     def close(self) -> None:
-        """Stop the workers (`results` does when it ends; this covers a run that stops before it)."""
-        while self._pool:
-            self._stop(self._pool.pop())
+        """Stop the workers (`results` does when it ends; this covers a run that stops before it): all are
+        told first, then each is waited for, so they exit side by side."""
+        pool, self._pool = self._pool, []
+        for w in pool:
+            self._tell_to_stop(w)
+        for w in pool:
+            self._reap(w)
 
     def map(self, blocks: Iterable[pa.Table], cost: Callable[[pa.Table], float] | None = None) -> Iterator[pa.Table]:
         """Each block's result as it completes (in completion order). Blocks given up land in `lost`.
@@ -367,12 +371,20 @@ class LocalExecutor:
         self.lost.append(Lost(job.block, "worker_lost", f"a worker died{where} while processing this input "
                                                         f"({how}, {job.deaths} time(s))"))
 
+    @classmethod
+    def _stop(cls, w: _Worker) -> None:
+        cls._tell_to_stop(w)
+        cls._reap(w)
+
     @staticmethod
-    def _stop(w: _Worker) -> None:
+    def _tell_to_stop(w: _Worker) -> None:
         try:
             w.conn.send(None)
         except (OSError, ValueError):
             pass
+
+    @staticmethod
+    def _reap(w: _Worker) -> None:
         w.process.join(2)
         if w.process.is_alive():
             w.process.terminate()
