@@ -339,6 +339,9 @@ SETTLE_EVERY = 16  # frames between two SplitWatch.settle calls
 # (benchmarks/RESULTS.md "Decode once"): 0-5 % of a default run's CPU saved, ~0.1-0.2 CPU-s more for a
 # split-only run over the 144 s workload. Always on, so a video's cuts do not depend on what follows.
 VIA_SIDE = 640
+# The analysis frame is area-averaged (swscale's "area") from the 640 px one: ~0.3 instead of ~0.42 ms a
+# frame for its bilinear (benchmarks/RESULTS.md, issue 11 fourth pass), an antialiased downscale all the same
+ANALYSIS_INTERPOLATION = "AREA"
 
 
 class SplitWatch(Protocol):
@@ -393,7 +396,9 @@ class SplitStage(Stage):
             det = ShotDetector(info.fps, self.params, self.resources.device)
             on_frame = watch.start(info) if watch is not None else None
             times = reader.timeline()
-            for n, bgr in enumerate(reader.iter_frames(size, bgr=True, on_frame=on_frame, via=via)):
+            frames = reader.iter_frames(size, bgr=True, on_frame=on_frame, via=via,
+                                        interpolation=ANALYSIS_INTERPOLATION)
+            for n, bgr in enumerate(frames):
                 det.process(bgr)
                 if on_frame is not None and n % SETTLE_EVERY == SETTLE_EVERY - 1:
                     watch.settle(det, times)

@@ -393,20 +393,23 @@ def _threads(stream, threads: int | None) -> None:
         stream.thread_count = threads
 
 
-def _converter(size: Size | None, fmt: str):
+def _converter(size: Size | None, fmt: str, interpolation: str | None = None):
     """frame -> (H, W, 3) uint8 in `fmt` at `size` (stored orientation), through one scaler kept for the
     whole pass: `frame.to_ndarray(width=...)` builds a new one every frame, which cost as much as the
     decode itself at 1080p -> 256 px (bench_pipeline.py's workload: 6.2 vs 4.3 CPU-s with decoding)."""
-    scale = _scaler(size, fmt)
+    scale = _scaler(size, fmt, interpolation)
     return lambda frame: scale(frame).to_ndarray()
 
 
-def _scaler(size: Size | None, fmt: str):
-    """frame -> `av.VideoFrame` in `fmt` at `size` (stored orientation), one scaler for the pass."""
+def _scaler(size: Size | None, fmt: str, interpolation: str | None = None):
+    """frame -> `av.VideoFrame` in `fmt` at `size` (stored orientation), one scaler for the pass;
+    `interpolation`: swscale's (PyAV's names: "AREA", ...; None: its default, bilinear)."""
     from av.video.reformatter import VideoReformatter
 
     scaler = VideoReformatter()
     kwargs = {"width": size[0], "height": size[1]} if size else {}
+    if interpolation is not None:
+        kwargs["interpolation"] = interpolation
     return lambda frame: scaler.reformat(frame, format=fmt, **kwargs)
 
 
@@ -522,9 +525,10 @@ class VideoReader:
     # ---- streaming -------------------------------------------------------------------------------
     def iter_frames(self, size: Size | None = None, chunk: int = 32, bgr: bool = False,
                     on_frame: Callable[[int, object, object], None] | None = None,
-                    via: Size | None = None) -> Iterator[np.ndarray]:
+                    via: Size | None = None, interpolation: str | None = None) -> Iterator[np.ndarray]:
         """Every frame in order, uint8 (H, W, 3) RGB (or BGR for OpenCV code), at `size` (display w, h)
-        or native size. The file is checked against its probe before the first frame and after the last.
+        or native size (`interpolation`: swscale's for that scaling, see `_scaler`; PyAV only). The file is
+        checked against its probe before the first frame and after the last.
         `via`: scale each frame to this size as YUV 4:2:0 first and to `size` from there, so a consumer
         of `via`-sized frames gets them without scaling the native frame a second time.
         `on_frame(index, frame, scaled)` also sees each decoded `av.VideoFrame` (native size, stored
@@ -532,12 +536,14 @@ class VideoReader:
         picture is yielded, so a second consumer can keep frames at its own size from the same decode
         (curation.frames.FrameTap). `on_frame` and `via` stream through PyAV whatever the backend."""
         self._unchanged("before decoding")
-        yield from self._frames(size, chunk, bgr, on_frame, via)
+        yield from self._frames(size, chunk, bgr, on_frame, via, interpolation)
         self._unchanged("after decoding")
 
-    def _frames(self, size: Size | None, chunk: int, bgr: bool, on_frame=None, via=None) -> Iterator[np.ndarray]:
+    def _frames(self, size: Size | None, chunk: int, bgr: bool, on_frame=None, via=None,
+                interpolation: str | None = None) -> Iterator[np.ndarray]:
         if self._decord is None or on_frame is not None or via is not None:
-            yield from self._iter_pyav(size, fmt="bgr24" if bgr else "rgb24", on_frame=on_frame, via=via)
+            yield from self._iter_pyav(size, fmt="bgr24" if bgr else "rgb24", on_frame=on_frame, via=via,
+                                       interpolation=interpolation)
             return
         import cv2  # a channel swap in OpenCV: ~30x faster than numpy's reversed copy (0.4 s per 3,600 frames)
 
@@ -558,10 +564,10 @@ class VideoReader:
         for start in range(0, n, chunk):
             yield from vr.get_batch(list(range(start, min(n, start + chunk)))).asnumpy()
 
-    def _iter_pyav(self, size: Size | None, fmt: str = "rgb24", on_frame=None,
-                   via: Size | None = None) -> Iterator[np.ndarray]:
+    def _iter_pyav(self, size: Size | None, fmt: str = "rgb24", on_frame=None, via: Size | None = None,
+                   interpolation: str | None = None) -> Iterator[np.ndarray]:
         rotation = self.info.rotation
-        convert = _converter(stored_size(size, rotation), fmt)
+        convert = _converter(stored_size(size, rotation), fmt, interpolation)
         shrink = _scaler(stored_size(via, rotation), "yuv420p") if via else None
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
