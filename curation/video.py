@@ -413,12 +413,19 @@ def _scaler(size: Size | None, fmt: str, interpolation: str | None = None):
     return lambda frame: scaler.reformat(frame, format=fmt, **kwargs)
 
 
+# The scorers' samples are scaled to YUV 4:2:0 with swscale's area averaging, wherever they come from (the
+# split's `via` frames, a FrameTap, `read_i420`): for 1080p -> 640 px 1.05 vs 1.36 ms a frame with its
+# bilinear default, more for larger sources; clarity +2.5 %, every other score the same on the pipeline
+# benchmark's 1080p clips (benchmarks/RESULTS.md, issue 11 fourth pass)
+I420_INTERPOLATION = "AREA"
+
+
 def i420_converter(size: Size, rotation: int = 0):
     """frame -> its YUV 4:2:0 planes at `size` (display w, h; even) as one (H * 3/2, W) uint8 array in
     stored orientation: half the bytes of RGB, and the cheapest conversion a scaler makes (1080p H.264 to
     640 px: 0.8 ms a frame vs 1.8 for RGB). `i420_to_rgb` makes the RGB picture when it is wanted. A frame
     already in YUV 4:2:0 at that size (`iter_frames(via=...)`) converts to the same planes for free."""
-    return _converter(stored_size(size, rotation), "yuv420p")
+    return _converter(stored_size(size, rotation), "yuv420p", I420_INTERPOLATION)
 
 
 def i420_to_rgb(planes: np.ndarray, rotation: int = 0) -> np.ndarray:
@@ -568,7 +575,7 @@ class VideoReader:
                    interpolation: str | None = None) -> Iterator[np.ndarray]:
         rotation = self.info.rotation
         convert = _converter(stored_size(size, rotation), fmt, interpolation)
-        shrink = _scaler(stored_size(via, rotation), "yuv420p") if via else None
+        shrink = _scaler(stored_size(via, rotation), "yuv420p", I420_INTERPOLATION) if via else None
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
             _threads(stream, self.threads)
@@ -625,7 +632,8 @@ class VideoReader:
         seek, the frame's number comes from its timestamp through the timeline)."""
 
         wanted = sorted(set(indices))
-        convert = _converter(stored_size(size, self.info.rotation), "yuv420p" if i420 else "rgb24")
+        size = stored_size(size, self.info.rotation)
+        convert = _converter(size, "yuv420p", I420_INTERPOLATION) if i420 else _converter(size, "rgb24")
         got: dict[int, np.ndarray] = {}
         with _open_container(self.path) as container:
             stream = container.streams.video[0]
