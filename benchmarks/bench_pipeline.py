@@ -400,12 +400,18 @@ def frame_costs(paths: list[str]) -> str:
     """CPU ms a frame, one decoder thread, over the first video of each size: decoding alone; decoding and
     scaling to the split's 256 px BGR in one step; through 640 px YUV 4:2:0 (what the split does now, the
     scorers' tap frames included: curation.split.VIA_SIDE); and to both apart (what keeping the tap's
-    frames would cost without the 640 px step). A second decode of every frame is what decode-once saves."""
+    frames would cost without the 640 px step). A second decode of every frame is what decode-once saves.
+    The "now" column scales as the split does (swscale's area averaging for both steps), the others with
+    swscale's default (bilinear)."""
     import av
     from av.video.reformatter import VideoReformatter
 
-    def cost(path: str, steps: list[tuple[str, int, bool]]) -> float:
-        """steps: (format, longer side, from the previous step's frame rather than the decoded one)."""
+    from curation.split import ANALYSIS_INTERPOLATION
+    from curation.video import I420_INTERPOLATION
+
+    def cost(path: str, steps: list[tuple]) -> float:
+        """steps: (format, longer side, from the previous step's frame rather than the decoded one[,
+        swscale interpolation])."""
         t = time.process_time()
         with av.open(path) as c:
             stream = c.streams.video[0]
@@ -415,15 +421,16 @@ def frame_costs(paths: list[str]) -> str:
             for frame in c.decode(stream):
                 n += 1
                 prev = frame
-                for scaler, (fmt, side, chained) in zip(scalers, steps):
+                for scaler, (fmt, side, chained, *how) in zip(scalers, steps):
                     src = prev if chained else frame
                     width = min(side, frame.width)  # never up (as fit_size); these are all landscape
-                    prev = scaler.reformat(src, format=fmt, width=width,
+                    prev = scaler.reformat(src, format=fmt, width=width, interpolation=how[0] if how else None,
                                            height=round(frame.height * width / frame.width / 2) * 2)
                     prev.to_ndarray()
         return (time.process_time() - t) / max(n, 1) * 1000
 
-    plans = ([], [("bgr24", 256, False)], [("yuv420p", 640, False), ("bgr24", 256, True)],
+    plans = ([], [("bgr24", 256, False)],
+             [("yuv420p", 640, False, I420_INTERPOLATION), ("bgr24", 256, True, ANALYSIS_INTERPOLATION)],
              [("bgr24", 256, False), ("yuv420p", 640, False)])
     lines = ["| video | decode | + 256 px BGR | + 640 px I420 -> 256 px BGR (now) | + 256 px and 640 px apart |",
              "|---|---|---|---|---|"]
