@@ -403,14 +403,42 @@ def _converter(size: Size | None, fmt: str, interpolation: str | None = None):
 
 def _scaler(size: Size | None, fmt: str, interpolation: str | None = None):
     """frame -> `av.VideoFrame` in `fmt` at `size` (stored orientation), one scaler for the pass;
-    `interpolation`: swscale's (PyAV's names: "AREA", ...; None: its default, bilinear)."""
+    `interpolation`: swscale's (PyAV's names: "AREA", ...; None: its default, bilinear). An area-averaged
+    YUV 4:2:0 frame of exactly half a YUV 4:2:0 frame's size is made by `_halved` instead."""
     from av.video.reformatter import VideoReformatter
 
     scaler = VideoReformatter()
     kwargs = {"width": size[0], "height": size[1]} if size else {}
     if interpolation is not None:
         kwargs["interpolation"] = interpolation
-    return lambda frame: scaler.reformat(frame, format=fmt, **kwargs)
+    if not (size and fmt == "yuv420p" and interpolation == "AREA"):
+        return lambda frame: scaler.reformat(frame, format=fmt, **kwargs)
+
+    def scale(frame):
+        if frame.format.name == "yuv420p" and (frame.width, frame.height) == (2 * size[0], 2 * size[1]):
+            return _halved(frame)
+        return scaler.reformat(frame, format=fmt, **kwargs)
+
+    return scale
+
+
+def _halved(frame):
+    """A YUV 4:2:0 `av.VideoFrame` at half its size, each pixel the mean of 2x2: OpenCV's area resize of
+    the planes, 0.2 instead of swscale's 0.6 ms for 1280x720 -> 640x360. The same luma as swscale's area
+    averaging, bit for bit; chroma within 2 levels on 720p footage, a few at sharp colour edges (swscale
+    places chroma samples its own way)."""
+    import av
+    import cv2
+
+    w, h = frame.width // 2, frame.height // 2
+    out = np.empty((h * 3 // 2, w), np.uint8)
+    flat, y, c = out.reshape(-1), h * w, (h // 2) * (w // 2)  # planes packed as to_ndarray packs them
+    dst = [out[:h], flat[y:y + c].reshape(h // 2, w // 2), flat[y + c:y + 2 * c].reshape(h // 2, w // 2)]
+    for plane, target in zip(frame.planes, dst):
+        rows, cols = target.shape[0] * 2, target.shape[1] * 2
+        src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
+        cv2.resize(src, (target.shape[1], target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
+    return av.VideoFrame.from_ndarray(out, format="yuv420p")
 
 
 # The scorers' samples are scaled to YUV 4:2:0 with swscale's area averaging, wherever they come from (the

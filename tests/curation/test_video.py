@@ -221,3 +221,32 @@ def test_theora_repeated_frames_do_not_end_the_video(tmp_path):
     assert same == [*range(30, 40), 80]
     picked = VideoReader(path, info=info).read([29, 35, 41, 80, 110], size=(64, 40))
     assert all(np.array_equal(p, frames[i]) for p, i in zip(picked, [29, 35, 41, 80, 110]))
+
+
+def test_exact_halving_is_swscales_area_average(tmp_path):
+    """A YUV 4:2:0 frame scaled to exactly half its size (a 720p source's 640 px samples) goes through
+    OpenCV's 2x2 mean: swscale's area-averaged luma bit for bit, chroma within a few levels at colour edges
+    (swscale sites chroma samples its own way); other sizes and formats still go through swscale."""
+    import av
+    from av.video.reformatter import VideoReformatter
+
+    from curation.video import _scaler
+
+    path = tmp_path / "half.mp4"
+    synth.make_video(path, [synth.Shot("astronaut", 4, pan=(2, 0))], size=(320, 180), fps=25)
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+    ours = _scaler((160, 90), "yuv420p", "AREA")(frame).to_ndarray().astype(int)
+    theirs = VideoReformatter().reformat(frame, format="yuv420p", width=160, height=90, interpolation="AREA")
+    theirs = theirs.to_ndarray().astype(int)
+    assert ours.shape == theirs.shape == (135, 160)
+    chroma = np.abs(ours[90:] - theirs[90:])
+    assert np.array_equal(ours[:90], theirs[:90]) and chroma.mean() < 0.5 and chroma.max() <= 8
+    assert chroma.max() > 0  # OpenCV's path was taken, not swscale's
+    planes = frame.to_ndarray()  # the 2x2 mean of the source's luma, by hand
+    y = planes[:180].reshape(90, 2, 160, 2).astype(int).sum(axis=(1, 3))
+    assert np.abs(ours[:90] - (y + 2) // 4).max() <= 1
+    other = _scaler((128, 72), "yuv420p", "AREA")(frame)  # not a halving: swscale's
+    assert (other.width, other.height) == (128, 72)
+    rgb = frame.reformat(format="rgb24")
+    assert _scaler((160, 90), "yuv420p", "AREA")(rgb).format.name == "yuv420p"  # an RGB source: swscale's
