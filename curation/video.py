@@ -438,7 +438,10 @@ def _halved(frame):
         rows, cols = target.shape[0] * 2, target.shape[1] * 2
         src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:rows, :cols]
         cv2.resize(src, (target.shape[1], target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
-    return av.VideoFrame.from_ndarray(out, format="yuv420p")
+    half = av.VideoFrame.from_ndarray(out, format="yuv420p")
+    # the source's colour tags, as swscale keeps them: a BT.709 frame's conversion to RGB uses its matrix
+    half.colorspace, half.color_range = frame.colorspace, frame.color_range
+    return half
 
 
 # The scorers' samples are scaled to YUV 4:2:0 with swscale's area averaging, wherever they come from (the

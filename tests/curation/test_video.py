@@ -246,6 +246,9 @@ def test_exact_halving_is_swscales_area_average(tmp_path):
     planes = frame.to_ndarray()  # the 2x2 mean of the source's luma, by hand
     y = planes[:180].reshape(90, 2, 160, 2).astype(int).sum(axis=(1, 3))
     assert np.abs(ours[:90] - (y + 2) // 4).max() <= 1
+    frame.colorspace, frame.color_range = 1, 1  # tagged BT.709, limited range: the half keeps the tags
+    half = _scaler((160, 90), "yuv420p", "AREA")(frame)
+    assert (half.colorspace, half.color_range) == (1, 1)
     other = _scaler((128, 72), "yuv420p", "AREA")(frame)  # not a halving: swscale's
     assert (other.width, other.height) == (128, 72)
     rgb = frame.reformat(format="rgb24")
