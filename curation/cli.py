@@ -15,8 +15,7 @@ from curation.errors import CurationError
 
 
 def _quiet() -> None:
-    os.environ.setdefault("RUST_LOG", "error")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # RUST_LOG/LANCE_LOG: set by importing curation
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*fork-safe.*")
     for name in ("ray", "ray.data", "ray._private"):

@@ -39,11 +39,10 @@ def merge_requests(requests: Sequence[FrameRequest]) -> FrameRequest:
 
 
 def resized(w: int, h: int, max_side: int | None) -> tuple[int, int] | None:
-    """The (w, h) `resize_to` scales a w x h frame to, or None when it stays as it is."""
-    scale = 1.0 if max_side is None else max_side / max(h, w)
-    if scale >= 1.0:
+    """The (w, h) `resize_to` scales a w x h frame to (`fit_size`), or None when it stays as it is."""
+    if max_side is None or max_side >= max(w, h):
         return None
-    return max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2)
+    return fit_size(w, h, max_side=max_side)
 
 
 def resize_to(frames: np.ndarray, max_side: int | None) -> np.ndarray:

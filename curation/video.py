@@ -480,7 +480,7 @@ def i420_luma(planes: np.ndarray, rotation: int = 0) -> np.ndarray:
     import cv2
 
     luma = cv2.LUT(planes[:planes.shape[0] * 2 // 3], _FULL_RANGE_LUMA)
-    return _orient(luma[..., None], rotation)[..., 0] if rotation else luma
+    return _orient(luma[..., None], rotation)[..., 0]
 
 
 def _orient(frames: np.ndarray, rotation: int) -> np.ndarray:

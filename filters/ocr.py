@@ -63,18 +63,14 @@ OTHER_ENGINES = ("openvino", "paddle", "torch", "mnn")  # model-list sections of
 
 def model_list(path: str | os.PathLike):
     """RapidOCR's model list (default_models.yaml, 85 KB) as an OmegaConf config without the sections of
-    the engines other than ONNX Runtime, parsed by libyaml where PyYAML has it: what OmegaConf.load gives
-    for every key kept (tests/filters/test_ocr.py), in ~0.06 instead of ~0.2 CPU-s (building OmegaConf's
-    nodes is most of the cost, and most nodes were other engines' model entries)."""
+    the engines other than ONNX Runtime, parsed by PyYAML's safe loader (libyaml's where it has it): what
+    OmegaConf.load gives for every key kept (tests/filters/test_ocr.py), in ~0.06 instead of ~0.2 CPU-s
+    (building OmegaConf's nodes is most of the cost, and most nodes were other engines' model entries)."""
     import yaml
     from omegaconf import OmegaConf
 
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is None:
-        doc = OmegaConf.to_container(OmegaConf.load(path))
-    else:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.load(f, Loader=loader)
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return OmegaConf.create({k: v for k, v in doc.items() if k not in OTHER_ENGINES})
 
 
