@@ -286,8 +286,7 @@ def _median_first(runs: list[tuple[float, Timing]]) -> tuple[float, Timing]:
     return sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
 
 
-def median_of(fn, repeats: int) -> Timing:
-    runs = [fn() for _ in range(repeats)]
+def median_of(runs: list[Timing]) -> Timing:
     walls = [r.wall for r in runs]
     best = runs[walls.index(statistics.median_low(walls))]
     return Timing(statistics.median(walls), statistics.median(r.cpu for r in runs),
@@ -306,7 +305,16 @@ def summary_line(output: str) -> str:
     return next((line for line in output.splitlines() if line.startswith("videos ok")), "")
 
 
-def measure(paths: list[str], seconds: float, folder: str, repeats: int, extra: list[str]) -> dict[str, Timing]:
+@dataclass
+class Measured:
+    timing: Timing  # medians over the rounds
+    ratio: float  # median over the rounds of this command's wall time / the CLI's in the same round
+
+
+def measure(paths: list[str], seconds: float, folder: str, repeats: int, extra: list[str]) -> dict[str, Measured]:
+    """Every command once per round, `repeats` rounds: this machine's speed moves by tens of per cent within
+    the hour, and a change between rounds then falls on every command alike; the ratio to the CLI is the
+    median of the per-round ratios."""
     split_yaml = split_only_pipeline(folder)
     runs = {
         "scenedetect CLI detect-content (one process per file)": lambda: run_cli_over(paths, folder),
@@ -318,26 +326,33 @@ def measure(paths: list[str], seconds: float, folder: str, repeats: int, extra: 
     if not extra:  # the same run on an embedded Ray, for comparison
         runs["videocurate run default --executor ray (embedded Ray)"] = fresh_lake_run(
             lambda lake: videocurate("default", paths, lake, ["--executor", "ray"]), folder, "lake_ray")
-    return {name: median_of(fn, repeats) for name, fn in runs.items()}
+    rounds: dict[str, list[Timing]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            rounds[name].append(fn())
+    cli = next(iter(rounds.values()))
+    return {name: Measured(median_of(ts), statistics.median(t.wall / c.wall for t, c in zip(ts, cli)))
+            for name, ts in rounds.items()}
 
 
-def render(results: dict[str, Timing], seconds: float, n: int, first: tuple | None,
+def render(results: dict[str, Measured], seconds: float, n: int, first: tuple | None,
            args: argparse.Namespace) -> str:
     cores = os.cpu_count() or 1
-    base = next(iter(results.values()), None)
-    lines = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, median of {args.repeats}"]
+    lines = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, median of {args.repeats} "
+             "rounds (each round runs every command once, in the order below)"]
     if results:
         lines += [f"{n} videos, {seconds:.0f} s of footage (240p-1080p; MP4/H.264, MKV/H.264, WebM/VP8, "
                   f"MPEG-PS/MPEG-2), scale {args.scale}, grain {args.grain:g}", "",
-                  "| command | wall s | CPU s | ratio to CLI (wall) | CPU utilisation | wall s per footage-s "
-                  "| load avg |",
+                  "| command | wall s | CPU s | ratio to CLI (wall, median of the rounds' ratios) | CPU utilisation "
+                  "| wall s per footage-s | load avg |",
                   "|---|---|---|---|---|---|---|"]
-    for name, t in results.items():
-        lines.append(f"| {name} | {t.wall:.2f} | {t.cpu:.2f} | {t.wall / base.wall:.2f}× | "
+    for name, m in results.items():
+        t = m.timing
+        lines.append(f"| {name} | {t.wall:.2f} | {t.cpu:.2f} | {m.ratio:.2f}× | "
                      f"{t.cpu / t.wall / cores:.0%} | {t.wall / seconds:.3f} | {t.load:.1f} |")
-    for name, t in results.items():
-        if summary_line(t.output):
-            lines.append(f"\n{name}: {summary_line(t.output)}")
+    for name, m in results.items():
+        if summary_line(m.timing.output):
+            lines.append(f"\n{name}: {summary_line(m.timing.output)}")
     if first is not None:
         lines += ["", "One 6 s 320×180 video, `videocurate run default` (median of the repeats):", "",
                   "| executor | first decoded frame after process start, s | whole run wall s | CPU s | load avg |",
