@@ -31,8 +31,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from curation.buckets import (
     BucketModel,
@@ -332,9 +330,38 @@ def components(n: int, a: np.ndarray, b: np.ndarray, old_label: pa.ChunkedArray 
         first[codes[::-1]] = labelled[::-1]  # first position carrying each old label
         a = np.concatenate([a, labelled])
         b = np.concatenate([b, first[codes]])
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    return comp
+    return connected(n, np.asarray(a, np.int64), np.asarray(b, np.int64))
+
+
+NUMPY_GRAPH_NODES = 200_000  # up to this many clips components are found in NumPy, beyond it by SciPy
+
+
+def connected(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Component id (0, 1, ... in the order of each component's lowest node) of nodes 0..n-1 joined by the
+    undirected edges (a[i], b[i]), as scipy's connected_components numbers them. Up to NUMPY_GRAPH_NODES
+    without SciPy, whose import is ~0.25 CPU-s of a small run's start-up: union by the lower root, all
+    edges at once, every node pointed at its root between rounds (a component's root is its lowest node).
+    Beyond, SciPy (4x faster at 2M nodes: 0.23 vs 0.92 s)."""
+    if n > NUMPY_GRAPH_NODES:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        return connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)[1]
+    root = np.arange(n, dtype=np.int64)
+    while True:
+        while True:  # compress: every node points at its root
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
+        ra, rb = root[a], root[b]
+        differ = ra != rb
+        if not differ.any():
+            break
+        lo, ra, rb = np.minimum(ra[differ], rb[differ]), ra[differ], rb[differ]
+        np.minimum.at(root, ra, lo)  # a root only ever moves to a lower root: no cycles
+        np.minimum.at(root, rb, lo)
+    return np.unique(root, return_inverse=True)[1]
 
 
 def decide(meta: dict, comp: np.ndarray, keep_by: tuple[str, ...]) -> tuple[pa.Table, np.ndarray, int, int]:

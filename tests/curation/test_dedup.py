@@ -351,3 +351,26 @@ def test_driver_reads_only_rows_in_pairs_and_rewrites_no_row(tmp_path, monkeypat
     rows = read(lake)
     assert {g for g in groups_of(rows) if len(g) > 1} == {frozenset({ids[src], "new0"})}
     assert sum(r["is_duplicate"] for r in rows.values()) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_connected_numbers_components_as_scipy_does(seed, monkeypatch):
+    """The NumPy union (small runs, no SciPy import) and the SciPy path give the same component ids: random
+    graphs, a long chain in random order (the worst case for joining by the lower root), isolated nodes."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    import curation.dedup as dedup
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    chain = rng.permutation(n)
+    graphs = [(rng.integers(0, n, m), rng.integers(0, n, m)) for m in (0, 50, 1500, 6000)]
+    graphs.append((chain[:-1], chain[1:]))
+    for a, b in graphs:
+        want = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)), directed=False)[1]
+        assert np.array_equal(dedup.connected(n, a, b), want)
+        monkeypatch.setattr(dedup, "NUMPY_GRAPH_NODES", 0)
+        assert np.array_equal(dedup.connected(n, a, b), want)
+        monkeypatch.setattr(dedup, "NUMPY_GRAPH_NODES", 200_000)
+    assert dedup.connected(n, *graphs[-1]).max() == 0
