@@ -67,6 +67,11 @@ WORKLOAD = [  # 144 s of footage
     Spec("i_240p.webm", (426, 240), 15, "libvpx", 600_000), Spec("j_240p.mp4", (426, 240), 15),
 ]
 
+LONG_WORKLOAD = [  # 180 s in three files: what raw footage is more often (few files, minutes each)
+    Spec("long_a_1080p.mp4", (1920, 1080), 60), Spec("long_b_1080p.mp4", (1920, 1080), 60),
+    Spec("long_c_720p.mp4", (1280, 720), 60),
+]
+
 
 def shots_for(spec: Spec, variant: int, fps: float = 24.0, grain: float = 0.0) -> list[synth.Shot]:
     """Shots of 2-6 s over the photos (pans, a zoom, a handheld shot, one blurred, some subtitled), with
@@ -85,15 +90,15 @@ def shots_for(spec: Spec, variant: int, fps: float = 24.0, grain: float = 0.0) -
     return shots
 
 
-def make_workload(folder: str, scale: int = 1, grain: float = 0.0) -> tuple[list[str], float]:
+def make_workload(folder: str, scale: int = 1, grain: float = 0.0, long: bool = False) -> tuple[list[str], float]:
     """Render the workload (`scale` variants of each video, `grain` levels of sensor noise) into `folder`,
     reusing files already there; returns the paths and the seconds of footage. Noise-free, the photos'
     smooth pans compress to ~0.4 Mbit/s at 1080p and decode in ~1.7 ms a frame; grain 6 gives a camera's
-    bit rates (H.264 at crf 23: ~10 Mbit/s at 1080p) and decode cost (~7 ms a frame)."""
+    bit rates (H.264 at crf 23: ~10 Mbit/s at 1080p) and decode cost (~7 ms a frame). `long`: LONG_WORKLOAD."""
     os.makedirs(folder, exist_ok=True)
     paths, seconds = [], 0.0
     for variant in range(scale):
-        for spec in WORKLOAD:
+        for spec in LONG_WORKLOAD if long else WORKLOAD:
             stem, ext = os.path.splitext(spec.name)
             path = os.path.join(folder, f"{stem}_{variant}{ext}" if scale > 1 else spec.name)
             if not os.path.exists(path):
@@ -341,8 +346,9 @@ def render(results: dict[str, Measured], seconds: float, n: int, first: tuple | 
     lines = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, median of {args.repeats} "
              "rounds (each round runs every command once, in the order below)"]
     if results:
-        lines += [f"{n} videos, {seconds:.0f} s of footage (240p-1080p; MP4/H.264, MKV/H.264, WebM/VP8, "
-                  f"MPEG-PS/MPEG-2), scale {args.scale}, grain {args.grain:g}", "",
+        kinds = ("720p-1080p MP4/H.264, 60 s each" if args.long else
+                 "240p-1080p; MP4/H.264, MKV/H.264, WebM/VP8, MPEG-PS/MPEG-2")
+        lines += [f"{n} videos, {seconds:.0f} s of footage ({kinds}), scale {args.scale}, grain {args.grain:g}", "",
                   "| command | wall s | CPU s | ratio to CLI (wall, median of the rounds' ratios) | CPU utilisation "
                   "| wall s per footage-s | load avg |",
                   "|---|---|---|---|---|---|---|"]
@@ -466,6 +472,7 @@ def frame_costs(paths: list[str]) -> str:
 def section(args: argparse.Namespace) -> str:
     """The RESULTS.md heading of this run's kind of workload."""
     kind = [f"at {args.scale}x the footage"] if args.scale > 1 else []
+    kind += ["on few long files"] if args.long else []
     kind += [f"on grainy footage (grain {args.grain:g})"] if args.grain else []
     return SECTION if not kind else f"## Whole pipeline {', '.join(kind)} (issue 11, bench_pipeline.py)"
 
@@ -491,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", help="keep the rendered workload here and reuse it (default: a temp folder)")
     ap.add_argument("--grain", type=float, default=0.0, help="sensor noise in grey levels (6: a camera's bit "
                     "rates and decode cost; keep its --cache apart)")
+    ap.add_argument("--long", action="store_true", help="three 60 s files (two 1080p, one 720p) instead of ten "
+                    "12-15 s ones: the CLI's start-up per file weighs less, and one video is one block (keep its "
+                    "--cache apart)")
     ap.add_argument("--address", help="pass --address to videocurate run (e.g. auto: a running local Ray)")
     ap.add_argument("--skip-first-decode", action="store_true")
     ap.add_argument("--only-first-decode", action="store_true", help="only the one-video start-up measurement")
@@ -509,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         paths, seconds = [], 0.0
         if not args.only_first_decode:
             t0 = time.monotonic()
-            paths, seconds = make_workload(args.cache or os.path.join(tmp, "media"), args.scale, args.grain)
+            paths, seconds = make_workload(args.cache or os.path.join(tmp, "media"), args.scale, args.grain, args.long)
             print(f"workload: {len(paths)} videos, {seconds:.0f} s of footage ({time.monotonic() - t0:.0f} s to make)",
                   flush=True)
         table = profile(paths, tmp) if paths and (args.profile or args.only_profile) else ""
