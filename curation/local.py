@@ -117,8 +117,18 @@ def run_chain(stages: list[Stage], block: pa.Table, where=None) -> pa.Table:
     return block
 
 
+_SPARE = [False]
+
+
+def spare_cpu() -> bool:
+    """True in a local worker while it runs a block handed out when no other block was waiting: from then
+    on the pool has fewer blocks than workers and a core falls idle before this one ends, which a stage may
+    fill with a second thread (curation.splitscore). False elsewhere (on Ray, in the driver)."""
+    return _SPARE[0]
+
+
 def _serve(conn, stages: list[Stage] | bytes, where: _Where) -> None:
-    """A worker's loop: (key, block) in, (key, table, None) or (key, None, (stage, error)) out; None or a
+    """A worker's loop: (key, block, spare) in, (key, table, None) or (key, None, (stage, error)) out; None or a
     closed pipe ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which stops the workers
     _name_process(WORKER_NAME)
@@ -142,7 +152,7 @@ def _serve(conn, stages: list[Stage] | bytes, where: _Where) -> None:
                 return
             if job is None:
                 return
-            key, block = job
+            key, block, _SPARE[0] = job
             try:
                 out, error = run_chain(stages, block, where), None
             except Exception as exc:  # noqa: BLE001 - reported to the driver, which writes failure rows
@@ -306,7 +316,7 @@ class LocalExecutor:
                         (self._grow(pool) if len(pool) < self._size else None)):
             job = todo.pop()
             try:
-                idle.conn.send((job.key, job.block))
+                idle.conn.send((job.key, job.block, not todo))
                 idle.job = job.key
             except (OSError, ValueError):  # it died idle (the OOM killer picks any process)
                 pool.remove(idle)

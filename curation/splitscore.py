@@ -5,9 +5,10 @@ decoded a second time for its samples, and on real footage decoding is most of t
 While the split streams a video at its analysis size, a FrameTap keeps the frames the scorers' request
 asks for, at their size (as YUV 4:2:0), from where the first undecided clip starts. Every SETTLE_EVERY
 frames the clips the detections have already decided (ShotDetector.settle: shots and windows that ended
-more than `lag()` frames ago) take their samples from the tap and are scored at once; the tap then lets
-go of the frames before the next undecided clip, so it holds about max_clip_s + lag of frames (~120 MB
-at 640x360, 24 fps; capped by TAP_BYTES). When the video ends, the split's exact clips (its one fusion of
+more than `lag()` frames ago) take their samples from the tap and are scored on a second thread of the
+worker while the decode goes on (SCORE_BESIDE_DECODE); the tap then lets go of the frames before the next
+undecided clip, so it holds about max_clip_s + lag of frames (~120 MB at 640x360, 24 fps; capped by
+TAP_BYTES). When the video ends, the split's exact clips (its one fusion of
 everything the detectors found) are matched with the clips scored on the way, by span and by every
 column the scorers read; those not scored yet take their samples from the tap, and any clip left (a
 detection that changed late, a frame dropped at the cap) is decoded again as before. The samples are the
@@ -18,16 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from curation.frames import ClipFrames, FrameTap, merge_requests
+from curation.local import spare_cpu
 from curation.scoring import CLIPS_PER_BATCH, ScoreGroup, group_resources, run_scorers, score_table
 from curation.split import ShotDetector, SplitStage, clip_columns
 from curation.stage import Stage
 from curation.timeline import Timeline
 from curation.video import VideoInfo
+
+# In a local worker running one of the last blocks (curation.local.spare_cpu: a core falls idle before it
+# ends), the clips decided while the video decodes are scored on a second thread (the decoder, swscale,
+# OpenCV and ONNX Runtime release the GIL). Three 60 s files on two cores: -9 to -17 % wall; always on,
+# it cost ten short files +2 to +9 % with both workers busy (benchmarks/RESULTS.md, fifth pass).
+SCORE_BESIDE_DECODE = True
+MAX_PENDING = 2  # batches of decided clips waiting for the scoring thread before the decode waits (~15 MB a clip)
 
 
 def joins(stage: Stage, group: ScoreGroup) -> bool:
@@ -46,13 +56,14 @@ class _Scored:
 
 class _Watch:
     """Follows one video's split decode (curation.split.SplitWatch): keeps its frames in a tap and scores
-    each clip as soon as the detections decide it."""
+    each clip as soon as the detections decide it, on `pool`'s thread when given (`finish` waits for it)."""
 
-    def __init__(self, stage: SplitScoreStage, row: dict):
-        self.stage, self.row = stage, row
+    def __init__(self, stage: SplitScoreStage, row: dict, pool: ThreadPoolExecutor | None = None):
+        self.stage, self.row, self.pool = stage, row, pool
         self.tap: FrameTap | None = None
         self.base = 0  # where the first undecided shot or window starts
         self.scored: dict[tuple[int, int], _Scored] = {}
+        self.pending: list[Future] = []
 
     def start(self, info: VideoInfo) -> Callable[[int, object, object], None] | None:
         try:
@@ -84,6 +95,21 @@ class _Watch:
         self.tap.release(self.base)
         if not clips:
             return
+        if self.pool is None:
+            self._score(clips)
+            return
+        self.pending = [f for f in self.pending if not f.done()]
+        if len(self.pending) >= MAX_PENDING:
+            wait(self.pending, return_when=FIRST_COMPLETED)
+        self.pending.append(self.pool.submit(self._score, clips))
+
+    def finish(self) -> None:
+        """Wait for the clips being scored beside the decode; a batch that raised is scored again at the end."""
+        for f in self.pending:
+            f.exception()
+        self.pending = []
+
+    def _score(self, clips: list[tuple[int, ClipFrames]]) -> None:
         inputs = [self.stage.inputs(c.row) for _, c in clips]
         outs: list[dict] = [{} for _ in clips]
         fails: list[list[dict]] = [[] for _ in clips]
@@ -108,6 +134,7 @@ class SplitScoreStage(Stage):
         # where each clip's samples came from: scored while the split decoded, taken from the tap at the
         # video's end, or decoded again
         self.sources = {"on the way": 0, "at the end": 0, "decoded again": 0}
+        self._pool: ThreadPoolExecutor | None = None
         made = set(group.output_columns())
         self._read = sorted({c for s in group.scorers for c in s.input_columns() if c not in made})
 
@@ -132,7 +159,13 @@ class SplitScoreStage(Stage):
         self.group.ensure_setup()
 
     def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self.group.teardown()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}  # a thread pool does not pickle; a copy makes its own
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.ensure_setup()
@@ -140,8 +173,14 @@ class SplitScoreStage(Stage):
         return pa.concat_tables(parts) if parts else batch
 
     def _video(self, row: dict, schema: pa.Schema) -> pa.Table:
-        watch = _Watch(self, row)
-        rows = self.split.split_row(row, watch)
+        beside = SCORE_BESIDE_DECODE and spare_cpu()
+        if beside and self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+        watch = _Watch(self, row, self._pool if beside else None)
+        try:
+            rows = self.split.split_row(row, watch)
+        finally:
+            watch.finish()
         table = pa.Table.from_pylist(rows, schema=schema)
         parts = []
         for s in range(0, len(rows), CLIPS_PER_BATCH):  # bounds the samples made at once, as ScoreGroup does

@@ -14,7 +14,7 @@ import pytest
 
 from curation.errors import ConfigError
 from curation.lake import Lake
-from curation.local import LocalExecutor, run_chain
+from curation.local import LocalExecutor, run_chain, spare_cpu
 from curation.query import query
 from curation.runner import choose_executor, run_pipeline
 from curation.split import SplitStage
@@ -280,6 +280,24 @@ def test_blocks_go_out_costliest_first_when_a_cost_is_given():
     assert took.column("w").to_pylist() == sorted(work, reverse=True)
     plain = pa.concat_tables(list(LocalExecutor([_Order()], cpus=1).map(blocks))).sort_by("at")
     assert plain.column("w").to_pylist() == work
+
+
+class _Spare(Stage):
+    """Adds whether its worker was told a core will fall idle before the block ends (spare_cpu)."""
+
+    name = "spare"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch.append_column("spare", pa.array([spare_cpu()] * batch.num_rows))
+
+
+def test_only_the_block_handed_out_last_is_told_a_core_will_be_spare():
+    """Costliest first, on one worker: the last block goes out when none waits; the driver is never told."""
+    blocks = [pa.table({"w": [w]}) for w in (3, 9, 1, 7)]
+    out = pa.concat_tables(list(LocalExecutor([_Spare()], cpus=1).map(blocks, cost=lambda b: b.column("w")[0].as_py())))
+    assert dict(zip(out.column("w").to_pylist(), out.column("spare").to_pylist())) == {
+        9: False, 7: False, 3: False, 1: True}
+    assert not spare_cpu() and run_chain([_Spare()], blocks[0]).column("spare").to_pylist() == [False]
 
 
 def test_a_new_lake_run_whose_step_fails_its_checks_leaves_no_worker_and_no_lake(demo_videos, tmp_path):

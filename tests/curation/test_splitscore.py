@@ -3,10 +3,12 @@ and the lake is the one the two stages write apart, whichever way each clip got 
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from curation import frames as frames_module
-from curation import scoring, synth
+from curation import scoring, splitscore, synth
 from curation.inputs import discover
 from curation.local import run_chain
 from curation.pipeline import load_pipeline
@@ -78,10 +80,21 @@ def test_the_default_plan_splits_and_scores_on_one_decode():
         assert not any(isinstance(s, SplitScoreStage) for s in _plans([override])[0])
 
 
-def test_decode_once_writes_what_the_stages_write_apart(footage, decodes):
+def test_decode_once_writes_what_the_stages_write_apart(footage, decodes, monkeypatch):
+    threads: list[str] = []
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    real = splitscore.run_scorers
+    monkeypatch.setattr(splitscore, "run_scorers", recording)
+    monkeypatch.setattr(splitscore, "spare_cpu", lambda: True)  # as in a local worker with a core to spare
     once, apart = _plans()
     fused = next(s for s in once if isinstance(s, SplitScoreStage))
     together = _run(once, footage)
+    # the clips decided while the video decodes are scored on the worker's second thread
+    assert threads and all(name.startswith("score") for name in threads)
     again = len(decodes)
     separate = _run(apart, footage)
     clips = [r for r in separate if r["clip_id"]]
@@ -96,6 +109,9 @@ def test_decode_once_writes_what_the_stages_write_apart(footage, decodes):
     long_take = [r for r in clips if "long" in r["uri"]]
     assert {300, 540, 620} <= {r["end_frame"] for r in long_take}  # two 10 s windows and the tail
     assert any(r["text_area"] > 0 for r in long_take)
+    monkeypatch.setattr(splitscore, "spare_cpu", lambda: False)  # no core to spare: scored inline, the same
+    threads.clear()
+    assert _run(once, footage) == together and threads and all(n == "MainThread" for n in threads)
 
 
 def test_clips_the_tap_lost_are_decoded_again_to_the_same_scores(footage, decodes, monkeypatch):
@@ -106,6 +122,28 @@ def test_clips_the_tap_lost_are_decoded_again_to_the_same_scores(footage, decode
     fused = next(s for s in once if isinstance(s, SplitScoreStage))
     together = _run(once, footage)
     assert fused.sources["decoded again"] > 10 and len(decodes) == fused.sources["decoded again"]
+    assert together == _run(apart, footage)
+
+
+def test_a_scoring_thread_that_raises_leaves_its_clips_to_be_decoded_again(footage, decodes, monkeypatch):
+    """A batch whose scoring fails beside the decode (not a scorer's error, which run_scorers records on the
+    clip: anything else) is not lost: its clips decode again at the video's end, to the same lake."""
+    failed: list[int] = []
+
+    def failing(scorers, clips, *rest):
+        if not failed:
+            failed.append(len(clips))
+            raise MemoryError("the scoring thread could not allocate its samples")
+        return real(scorers, clips, *rest)
+
+    real = splitscore.run_scorers
+    monkeypatch.setattr(splitscore, "run_scorers", failing)
+    monkeypatch.setattr(splitscore, "spare_cpu", lambda: True)
+    once, apart = _plans()
+    fused = next(s for s in once if isinstance(s, SplitScoreStage))
+    together = _run(once, footage)
+    monkeypatch.undo()
+    assert failed and fused.sources["decoded again"] >= failed[0] and len(decodes) == fused.sources["decoded again"]
     assert together == _run(apart, footage)
 
 
