@@ -34,7 +34,7 @@ from curation.video import VideoInfo
 
 # In a local worker running one of the last blocks (curation.local.spare_cpu: a core falls idle before it
 # ends), the clips decided while the video decodes are scored on a second thread (the decoder, swscale,
-# OpenCV and ONNX Runtime release the GIL). Three 60 s files on two cores: -9 to -17 % wall; always on,
+# OpenCV and ONNX Runtime release the GIL). Three 60 s files on two cores: -5 to -13 % wall; always on,
 # it cost ten short files +2 to +9 % with both workers busy (benchmarks/RESULTS.md, fifth pass).
 SCORE_BESIDE_DECODE = True
 MAX_PENDING = 2  # batches of decided clips waiting for the scoring thread before the decode waits (~15 MB a clip)
@@ -104,7 +104,8 @@ class _Watch:
         self.pending.append(self.pool.submit(self._score, clips))
 
     def finish(self) -> None:
-        """Wait for the clips being scored beside the decode; a batch that raised is scored again at the end."""
+        """Wait for the clips being scored beside the decode. A batch that raised there left no scores: its
+        clips are decoded again at the video's end (their frames have left the tap)."""
         for f in self.pending:
             f.exception()
         self.pending = []
