@@ -90,15 +90,16 @@ def shots_for(spec: Spec, variant: int, fps: float = 24.0, grain: float = 0.0) -
     return shots
 
 
-def make_workload(folder: str, scale: int = 1, grain: float = 0.0, long: bool = False) -> tuple[list[str], float]:
+def make_workload(folder: str, scale: int = 1, grain: float = 0.0,
+                  specs: list[Spec] = WORKLOAD) -> tuple[list[str], float]:
     """Render the workload (`scale` variants of each video, `grain` levels of sensor noise) into `folder`,
     reusing files already there; returns the paths and the seconds of footage. Noise-free, the photos'
     smooth pans compress to ~0.4 Mbit/s at 1080p and decode in ~1.7 ms a frame; grain 6 gives a camera's
-    bit rates (H.264 at crf 23: ~10 Mbit/s at 1080p) and decode cost (~7 ms a frame). `long`: LONG_WORKLOAD."""
+    bit rates (H.264 at crf 23: ~10 Mbit/s at 1080p) and decode cost (~7 ms a frame)."""
     os.makedirs(folder, exist_ok=True)
     paths, seconds = [], 0.0
     for variant in range(scale):
-        for spec in LONG_WORKLOAD if long else WORKLOAD:
+        for spec in specs:
             stem, ext = os.path.splitext(spec.name)
             path = os.path.join(folder, f"{stem}_{variant}{ext}" if scale > 1 else spec.name)
             if not os.path.exists(path):
@@ -519,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         paths, seconds = [], 0.0
         if not args.only_first_decode:
             t0 = time.monotonic()
-            paths, seconds = make_workload(args.cache or os.path.join(tmp, "media"), args.scale, args.grain, args.long)
+            paths, seconds = make_workload(args.cache or os.path.join(tmp, "media"), args.scale, args.grain,
+                                           LONG_WORKLOAD if args.long else WORKLOAD)
             print(f"workload: {len(paths)} videos, {seconds:.0f} s of footage ({time.monotonic() - t0:.0f} s to make)",
                   flush=True)
         table = profile(paths, tmp) if paths and (args.profile or args.only_profile) else ""

@@ -358,7 +358,8 @@ def connected(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         differ = ra != rb
         if not differ.any():
             break
-        lo, ra, rb = np.minimum(ra[differ], rb[differ]), ra[differ], rb[differ]
+        ra, rb = ra[differ], rb[differ]
+        lo = np.minimum(ra, rb)
         np.minimum.at(root, ra, lo)  # a root only ever moves to a lower root: no cycles
         np.minimum.at(root, rb, lo)
     return np.unique(root, return_inverse=True)[1]

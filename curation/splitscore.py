@@ -5,10 +5,10 @@ decoded a second time for its samples, and on real footage decoding is most of t
 While the split streams a video at its analysis size, a FrameTap keeps the frames the scorers' request
 asks for, at their size (as YUV 4:2:0), from where the first undecided clip starts. Every SETTLE_EVERY
 frames the clips the detections have already decided (ShotDetector.settle: shots and windows that ended
-more than `lag()` frames ago) take their samples from the tap and are scored on a second thread of the
-worker while the decode goes on (SCORE_BESIDE_DECODE); the tap then lets go of the frames before the next
-undecided clip, so it holds about max_clip_s + lag of frames (~120 MB at 640x360, 24 fps; capped by
-TAP_BYTES). When the video ends, the split's exact clips (its one fusion of
+more than `lag()` frames ago) take their samples from the tap and are scored at once (on a second thread
+of the worker, while the decode goes on, when a core is to spare: `SplitScoreStage._video`); the tap then
+lets go of the frames before the next undecided clip, so it holds about max_clip_s + lag of frames (~120 MB
+at 640x360, 24 fps; capped by TAP_BYTES). When the video ends, the split's exact clips (its one fusion of
 everything the detectors found) are matched with the clips scored on the way, by span and by every
 column the scorers read; those not scored yet take their samples from the tap, and any clip left (a
 detection that changed late, a frame dropped at the cap) is decoded again as before. The samples are the
@@ -32,11 +32,6 @@ from curation.stage import Stage
 from curation.timeline import Timeline
 from curation.video import VideoInfo
 
-# In a local worker running one of the last blocks (curation.local.spare_cpu: a core falls idle before it
-# ends), the clips decided while the video decodes are scored on a second thread (the decoder, swscale,
-# OpenCV and ONNX Runtime release the GIL). Three 60 s files on two cores: -5 to -13 % wall; always on,
-# it cost ten short files +2 to +9 % with both workers busy (benchmarks/RESULTS.md, fifth pass).
-SCORE_BESIDE_DECODE = True
 MAX_PENDING = 2  # batches of decided clips waiting for the scoring thread before the decode waits (~15 MB a clip)
 
 
@@ -174,7 +169,12 @@ class SplitScoreStage(Stage):
         return pa.concat_tables(parts) if parts else batch
 
     def _video(self, row: dict, schema: pa.Schema) -> pa.Table:
-        beside = SCORE_BESIDE_DECODE and spare_cpu()
+        # In a local worker running one of the last blocks (curation.local.spare_cpu: a core falls idle
+        # before it ends), the clips decided while the video decodes are scored on a second thread (the
+        # decoder, swscale, OpenCV and ONNX Runtime release the GIL). Three 60 s files on two cores: -5 to
+        # -13 % wall; on every block it cost ten short files +2 to +9 % with both workers busy
+        # (benchmarks/RESULTS.md, fifth pass).
+        beside = spare_cpu()
         if beside and self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="score")
         watch = _Watch(self, row, self._pool if beside else None)
