@@ -18,6 +18,7 @@ tested on the fixtures, the decode-once path must leave every column equal."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -109,6 +110,7 @@ class _Watch:
         inputs = [self.stage.inputs(c.row) for _, c in clips]
         outs: list[dict] = [{} for _ in clips]
         fails: list[list[dict]] = [[] for _ in clips]
+        self.stage.scorers_ready()
         run_scorers(self.stage.group.scorers, clips, outs, fails, self.stage.group.timings)
         for (_, c), seen, columns, items in zip(clips, inputs, outs, fails):
             self.scored[(c.row["start_frame"], c.row["end_frame"])] = _Scored(seen, columns, items)
@@ -131,6 +133,7 @@ class SplitScoreStage(Stage):
         # video's end, or decoded again
         self.sources = {"on the way": 0, "at the end": 0, "decoded again": 0}
         self._pool: ThreadPoolExecutor | None = None
+        self._loading: Future | None = None  # the scorers' set-up, running beside the first decode
         made = set(group.output_columns())
         self._read = sorted({c for s in group.scorers for c in s.input_columns() if c not in made})
 
@@ -152,16 +155,44 @@ class SplitScoreStage(Stage):
                 "members": [self.split.provenance(), self.group.provenance()]}
 
     def setup(self) -> None:
+        # The scorers set up (their models load) on a thread while the split starts on the first video:
+        # the first clip to score waits for it (scorers_ready). OCR's engine is ~0.8 CPU-s, most of a
+        # worker's start-up, and the split needs none of it: the first frame decodes that much sooner.
+        loading: Future = Future()
+
+        def load() -> None:
+            try:
+                self.group.ensure_setup()
+                loading.set_result(None)
+            except BaseException as exc:  # noqa: BLE001 - raised where the scorers are first needed
+                loading.set_exception(exc)
+
+        self._loading = loading
+        threading.Thread(target=load, name="score-setup", daemon=True).start()
+
+    def scorers_ready(self) -> None:
+        """Wait for the scorers' set-up (raising what it raised; the next call then sets up again, as a
+        stage whose set-up failed does with its next batch)."""
+        loading = self._loading
+        if loading is not None:
+            try:
+                loading.result()
+            finally:
+                self._loading = None
         self.group.ensure_setup()
 
     def teardown(self) -> None:
+        if self._loading is not None:
+            self._loading.exception()  # never tear down under a set-up still running
+            self._loading = None
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         self.group.teardown()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pool": None}  # a thread pool does not pickle; a copy makes its own
+        # a thread pool and a future do not pickle; a copy makes its own
+        return {**self.__dict__, "_pool": None, "_loading": None}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.ensure_setup()
@@ -184,6 +215,7 @@ class SplitScoreStage(Stage):
             watch.finish()
         table = pa.Table.from_pylist(rows, schema=schema)
         parts = []
+        self.scorers_ready()
         for s in range(0, len(rows), CLIPS_PER_BATCH):  # bounds the samples made at once, as ScoreGroup does
             scored: dict[int, tuple[dict, list[dict]]] = {}
             frames: dict[int, ClipFrames] = {}

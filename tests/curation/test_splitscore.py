@@ -169,3 +169,58 @@ def test_a_subclassed_split_keeps_its_own_stage():
 
     assert [type(s) for s in fuse([Mine(SplitParams()), ClarityScorer()])] == [Mine, scoring.ScoreGroup]
     assert [type(s) for s in fuse([SplitStage(), ClarityScorer()])] == [SplitScoreStage]
+
+
+@pytest.fixture(scope="module")
+def one_video(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("one")
+    synth.make_video(folder / "two_shots.mp4", [synth.Shot("coffee", 60, pan=(1, 0), text="Hello there"),
+                                                synth.Shot("rocket", 60)], size=(320, 180))
+    return folder
+
+
+def test_the_scorers_set_up_while_the_split_decodes(one_video, monkeypatch):
+    """A worker's first video starts decoding at once: the scorers' models load on a thread beside it (the
+    OCR engine is most of a worker's start-up), and the first clip scored waits for them. Here the OCR
+    set-up waits for the split's first frame: set up first, as before, it would wait in vain."""
+    from curation.split import ShotDetector
+    from filters.ocr import OcrScorer
+
+    decoding, waited = threading.Event(), []
+    real_setup, real_process = OcrScorer.setup, ShotDetector.process
+
+    def setup(self):
+        waited.append(decoding.wait(60))
+        real_setup(self)
+
+    def process(self, bgr):
+        decoding.set()
+        real_process(self, bgr)
+
+    monkeypatch.setattr(OcrScorer, "setup", setup)
+    monkeypatch.setattr(ShotDetector, "process", process)
+    once, apart = _plans()
+    together = _run(once, one_video)
+    monkeypatch.undo()
+    assert waited == [True]
+    assert together == _run(apart, one_video) and any(r["text_area"] for r in together)
+
+
+def test_a_set_up_that_fails_fails_that_video_and_is_tried_again_with_the_next(one_video, monkeypatch):
+    from filters.ocr import OcrScorer
+
+    calls, real_setup = [], OcrScorer.setup
+
+    def setup(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("model file unreadable")
+        real_setup(self)
+
+    monkeypatch.setattr(OcrScorer, "setup", setup)
+    once, apart = _plans()
+    with pytest.raises(OSError, match="model file unreadable"):
+        _run(once, one_video)
+    together = _run(once, one_video)  # the same stages: set up again, synchronously
+    monkeypatch.undo()
+    assert len(calls) == 2 and together == _run(apart, one_video)
