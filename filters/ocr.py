@@ -25,6 +25,7 @@ from filters.text_gate import text_possible
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of width / height
 GreyLevels = Annotated[int, Field(ge=1, le=255)]
+CLEAR_READ = 0.95  # a recognition score no misread of the test fixtures reached (real lines read at 0.977-0.9999)
 
 
 def _glibc_x86_64():
@@ -61,19 +62,30 @@ def no_denormals() -> Iterator[None]:
 
 
 OTHER_ENGINES = ("openvino", "paddle", "torch", "mnn")  # model-list sections of engines this scorer never runs
+# sections RapidOCR reads only with .get, [] and iteration (rapidocr.utils.model_resolver: the language
+# routes and names), which a Python dict answers alike: kept as one, they cost no OmegaConf nodes
+ROUTING_SECTIONS = ("model_routes", "lang_mapping")
+
+
+class _Plain(dict):
+    """A section kept as Python containers inside the OmegaConf config (its `allow_objects` flag stores a
+    dict subclass as one value instead of converting it)."""
 
 
 def model_list(path: str | os.PathLike):
     """RapidOCR's model list (default_models.yaml, 85 KB) as an OmegaConf config without the sections of
-    the engines other than ONNX Runtime, parsed by PyYAML's safe loader (libyaml's where it has it): what
-    OmegaConf.load gives for every key kept (tests/filters/test_ocr.py), in ~0.06 instead of ~0.2 CPU-s
-    (building OmegaConf's nodes is most of the cost, and most nodes were other engines' model entries)."""
+    the engines other than ONNX Runtime, parsed by PyYAML's safe loader (libyaml's where it has it), the
+    routing sections as Python dicts: what OmegaConf.load gives for every key kept, as containers
+    (tests/filters/test_ocr.py), in ~0.03-0.06 instead of ~0.4-0.6 CPU-s (building OmegaConf's nodes is
+    most of the cost: the other engines' model entries and the language routes were most of the nodes)."""
     import yaml
     from omegaconf import OmegaConf
 
     with open(path, encoding="utf-8") as f:
         doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return OmegaConf.create({k: v for k, v in doc.items() if k not in OTHER_ENGINES})
+    kept = {k: _Plain(v) if k in ROUTING_SECTIONS and isinstance(v, dict) else v
+            for k, v in doc.items() if k not in OTHER_ENGINES}
+    return OmegaConf.create(kept, flags={"allow_objects": True})
 
 
 @contextmanager
@@ -176,8 +188,9 @@ class OcrScorer(Scorer):
     name = "ocr"
     # 2: tall detections verified by recognition count as text (titles); 3: the text gate (gate_contrast)
     # skips the detector on frames without strong edges: the same results on every test fixture. The
-    # sub-normal flush (no_denormals) left the detector's output bit-identical: no new version
-    version = "3"
+    # sub-normal flush (no_denormals) left the detector's output bit-identical: no new version; 4: a tall
+    # detection's bandings are read until one reads clearly, not only until one reads (_verify_tall)
+    version = "4"
     Params = OcrParams
     stateful = True
 
@@ -233,21 +246,29 @@ class OcrScorer(Scorer):
 
     def _verify_tall(self, rgb: np.ndarray, box: Box, read: tuple[str, float] | None = None) -> list[tuple[Box, str]]:
         """The text lines read with confidence inside a tall detection: the whole box as one line (a big
-        title; `read` is its reading when the detection pass already recognised it), else its halves or
-        thirds (a block of two or three lines); none for a texture the detector mistook for text."""
+        title; `read` is its reading when the detection pass already recognised it), its halves or its
+        thirds (a block of two or three lines); none for a texture the detector mistook for text. The
+        bandings are read in that order until one reads clearly (every band at CLEAR_READ or more); else
+        the banding with lines whose bands read best on average wins. Taking the first banding that reads
+        at all took garbage: a two-line block read as one line scores 0.85 on some CPUs ("THE LAST" over
+        "HARBOUR" as "THRLOUT"), its halves 0.9995 and 0.9999."""
         h, w = rgb.shape[:2]
         x0, x1 = int(box[0] * w), int(np.ceil(box[2] * w))
+        best: tuple[float, list[tuple[Box, str]]] = (-1.0, [])
         for bands in (1, 2, 3):
             edges = np.linspace(box[1], box[3], bands + 1)
-            lines = []
+            lines, scores = [], []
             for top, bottom in zip(edges[:-1], edges[1:]):
                 whole = bands == 1 and read is not None
                 text, score = read if whole else self._read(rgb[int(top * h):int(np.ceil(bottom * h)), x0:x1])
+                scores.append(score)
                 if score >= self.params.title_min_score and sum(c.isalnum() for c in text) >= 2:
                     lines.append(((box[0], float(top), box[2], float(bottom)), text))
-            if lines:
-                return lines
-        return []
+            if lines and (mean := float(np.mean(scores))) > best[0]:
+                best = (mean, lines)
+            if lines and min(scores) >= CLEAR_READ:
+                break
+        return best[1]
 
     def read_frame(self, rgb: np.ndarray) -> FrameText:
         """Text boxes (and, with `recognize`, their text) of one RGB frame."""

@@ -72,6 +72,34 @@ def test_a_tall_box_over_two_lines_is_read_line_by_line():
     assert [t.replace(" ", "") for _, t in lines] == ["THELAST", "HARBOUR"]
 
 
+def test_a_banding_that_reads_clearly_beats_one_that_merely_reads(monkeypatch):
+    """The recognizer's scores for crops of a tall box, by crop height: the whole box reads as garbage just
+    over title_min_score (what some CPUs score the two-line block above), its halves read clearly, its
+    thirds worse. The halves win; a clear whole-box read stops at one read; a box nothing reads in stays out."""
+    import numpy as np
+
+    from filters.ocr import OcrScorer
+
+    ocr = OcrScorer()
+    frame = np.zeros((180, 320, 3), np.uint8)
+    reads = {90: ("THRLOUT", 0.85), 45: ("HARBOUR", 0.999), 30: ("THE", 0.9)}  # by crop height (30 or 31)
+    asked: list[int] = []
+
+    def read(crop):
+        asked.append(crop.shape[0] - crop.shape[0] % 15)
+        return reads.get(asked[-1], ("", 0.0))
+
+    monkeypatch.setattr(ocr, "_read", read)
+    box = (0.1, 0.25, 0.9, 0.75)  # 90 rows of 180
+    assert [t for _, t in ocr._verify_tall(frame, box)] == ["HARBOUR", "HARBOUR"] and asked == [90, 45, 45]
+    reads[90] = ("FIN", 0.9996)
+    asked.clear()
+    assert [t for _, t in ocr._verify_tall(frame, box)] == ["FIN"] and asked == [90]
+    reads.clear()
+    asked.clear()
+    assert ocr._verify_tall(frame, box) == [] and asked == [90, 45, 45, 30, 30, 30]
+
+
 def test_large_structures_that_are_not_text_stay_out():
     """At 480x270 the detector fires on the coffee photo's cup with a full-height box; a fence of stripes
     and a grid of windows are large regular structures too. None of them is text."""
@@ -156,7 +184,7 @@ def test_gate_contrast_is_checked_and_can_be_turned_off():
     with pytest.raises(ConfigError, match="gate_contrast.*<= 255"):
         OcrScorer({"gate_contrast": 300})
     off = OcrScorer({"gate_contrast": None})
-    assert off.params.gate_contrast is None and off.provenance()["version"] == "3"
+    assert off.params.gate_contrast is None and off.provenance()["version"] == "4"
 
 
 def test_denormals_are_flushed_only_inside_the_block():
