@@ -18,6 +18,7 @@ tested on the fixtures, the decode-once path must leave every column equal."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -134,6 +135,7 @@ class SplitScoreStage(Stage):
         self.sources = {"on the way": 0, "at the end": 0, "decoded again": 0}
         self._pool: ThreadPoolExecutor | None = None
         self._loading: Future | None = None  # the scorers' set-up, running beside the first decode
+        self._loading_pid = 0  # ... in this process
         made = set(group.output_columns())
         self._read = sorted({c for s in group.scorers for c in s.input_columns() if c not in made})
 
@@ -168,12 +170,13 @@ class SplitScoreStage(Stage):
                 loading.set_exception(exc)
 
         self._loading = loading
+        self._loading_pid = os.getpid()
         threading.Thread(target=load, name="score-setup", daemon=True).start()
 
     def scorers_ready(self) -> None:
         """Wait for the scorers' set-up (raising what it raised; the next call then sets up again, as a
         stage whose set-up failed does with its next batch)."""
-        loading = self._loading
+        loading = self._own_loading()
         if loading is not None:
             try:
                 loading.result()
@@ -181,9 +184,16 @@ class SplitScoreStage(Stage):
                 self._loading = None
         self.group.ensure_setup()
 
+    def _own_loading(self) -> Future | None:
+        """The set-up still to wait for; not one a process this was forked from started (no thread here
+        would end it: its scorers set up again in this process)."""
+        if self._loading is not None and self._loading_pid != os.getpid():
+            self._loading = None
+        return self._loading
+
     def teardown(self) -> None:
-        if self._loading is not None:
-            self._loading.exception()  # never tear down under a set-up still running
+        if (loading := self._own_loading()) is not None:
+            loading.exception()  # never tear down under a set-up still running
             self._loading = None
         if self._pool is not None:
             self._pool.shutdown()

@@ -224,3 +224,42 @@ def test_a_set_up_that_fails_fails_that_video_and_is_tried_again_with_the_next(o
     together = _run(once, one_video)  # the same stages: set up again, synchronously
     monkeypatch.undo()
     assert len(calls) == 2 and together == _run(apart, one_video)
+
+
+def test_a_stage_forked_while_it_set_up_sets_up_again_in_the_child(one_video, monkeypatch):
+    """A stage whose set-up thread was still running when the process forked (a driver that ran it, then
+    started local workers with the same objects): the child has no such thread, so it sets up itself
+    instead of waiting for one forever."""
+    import multiprocessing as mp
+
+    from filters.ocr import OcrScorer
+
+    release, real_setup = threading.Event(), OcrScorer.setup
+
+    def setup(self):
+        if not release.wait(60):
+            raise TimeoutError("never released")
+        real_setup(self)
+
+    monkeypatch.setattr(OcrScorer, "setup", setup)
+    once, _ = _plans()
+    fused = next(s for s in once if isinstance(s, SplitScoreStage))
+    fused.ensure_setup()  # its thread now waits on `release`
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+
+    def child():
+        release.set()  # this process's copy of the event: the parent's thread stays blocked
+        rows = _run(once, one_video)
+        out.put(sum(r["text_area"] is not None for r in rows))
+
+    p = ctx.Process(target=child)
+    p.start()
+    p.join(120)
+    if p.is_alive():  # it waited for the parent's thread
+        p.kill()
+        p.join()
+    scored = out.get(timeout=5) if p.exitcode == 0 else None
+    release.set()
+    fused.scorers_ready()
+    assert p.exitcode == 0 and scored and scored > 0
