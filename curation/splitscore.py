@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -134,8 +133,8 @@ class SplitScoreStage(Stage):
         # video's end, or decoded again
         self.sources = {"on the way": 0, "at the end": 0, "decoded again": 0}
         self._pool: ThreadPoolExecutor | None = None
-        self._loading: Future | None = None  # the scorers' set-up, running beside the first decode
-        self._loading_pid = 0  # ... in this process
+        self._pid = 0  # the process that made _pool
+        self._loading: Future | None = None  # the scorers' set-up, on _pool's thread
         made = set(group.output_columns())
         self._read = sorted({c for s in group.scorers for c in s.input_columns() if c not in made})
 
@@ -157,47 +156,41 @@ class SplitScoreStage(Stage):
                 "members": [self.split.provenance(), self.group.provenance()]}
 
     def setup(self) -> None:
-        # The scorers set up (their models load) on a thread while the split starts on the first video:
-        # the first clip to score waits for it (scorers_ready). OCR's engine is ~0.8 CPU-s, most of a
+        # The scorers set up (their models load) on the stage's thread while the split starts on the first
+        # video: the first clip to score waits for it (scorers_ready). OCR's engine is ~0.8 CPU-s, most of a
         # worker's start-up, and the split needs none of it: the first frame decodes that much sooner.
-        loading: Future = Future()
+        self._loading = self._thread().submit(self.group.ensure_setup)
 
-        def load() -> None:
-            try:
-                self.group.ensure_setup()
-                loading.set_result(None)
-            except BaseException as exc:  # noqa: BLE001 - raised where the scorers are first needed
-                loading.set_exception(exc)
+    def _thread(self) -> ThreadPoolExecutor:
+        """The stage's second thread (the scorers' set-up, then scoring beside the decode), made in this
+        process."""
+        self._drop_inherited()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="score")
+        return self._pool
 
-        self._loading = loading
-        self._loading_pid = os.getpid()
-        threading.Thread(target=load, name="score-setup", daemon=True).start()
+    def _drop_inherited(self) -> None:
+        """Forget a thread and a set-up a process this was forked from started: no thread here would run
+        them (the scorers then set up again in this process)."""
+        if self._pid != os.getpid():
+            self._pid, self._pool, self._loading = os.getpid(), None, None
 
     def scorers_ready(self) -> None:
         """Wait for the scorers' set-up (raising what it raised; the next call then sets up again, as a
         stage whose set-up failed does with its next batch)."""
-        loading = self._own_loading()
-        if loading is not None:
+        self._drop_inherited()
+        if (loading := self._loading) is not None:
             try:
                 loading.result()
             finally:
                 self._loading = None
         self.group.ensure_setup()
 
-    def _own_loading(self) -> Future | None:
-        """The set-up still to wait for; not one a process this was forked from started (no thread here
-        would end it: its scorers set up again in this process)."""
-        if self._loading is not None and self._loading_pid != os.getpid():
-            self._loading = None
-        return self._loading
-
     def teardown(self) -> None:
-        if (loading := self._own_loading()) is not None:
-            loading.exception()  # never tear down under a set-up still running
-            self._loading = None
+        self._drop_inherited()
         if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+            self._pool.shutdown()  # after the set-up, if it still runs
+        self._pool = self._loading = None
         self.group.teardown()
 
     def __getstate__(self) -> dict:
@@ -215,10 +208,7 @@ class SplitScoreStage(Stage):
         # decoder, swscale, OpenCV and ONNX Runtime release the GIL). Three 60 s files on two cores: -5 to
         # -13 % wall; on every block it cost ten short files +2 to +9 % with both workers busy
         # (benchmarks/RESULTS.md, fifth pass).
-        beside = spare_cpu()
-        if beside and self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="score")
-        watch = _Watch(self, row, self._pool if beside else None)
+        watch = _Watch(self, row, self._thread() if spare_cpu() else None)
         try:
             rows = self.split.split_row(row, watch)
         finally:
