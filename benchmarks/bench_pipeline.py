@@ -349,10 +349,10 @@ def cpu_model() -> str:
 
     try:
         with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+            first = f.read().split("\n\n")[0]  # the first processor's block
     except OSError:
         return platform.processor() or platform.machine()
-    info = {k.strip(): v.strip() for k, v in info.items()}
+    info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines()) if v}
     flags = set(info.get("flags", "").split())
     simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), "")
     family = f" (family {info['cpu family']} model {info['model']})" if "cpu family" in info else ""
